@@ -1,0 +1,221 @@
+"""Content store: blobs/sha256/<hex> under the pybuild root.
+
+Contract (umoci-like, narrow):
+- `put` / `writer` stream into an ingest file, fsync it, check size and digest, rename it into
+  place and fsync the directory: atomic and idempotent; a crash leaves at most a stray ingest file.
+- readers get a fresh stream per `open`; `open_verified` checks the digest when fully read.
+- several processes may share one store: renames are atomic and the tag table is guarded by
+  a cross-process flock (fcntl), never by in-memory locks alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .digest import Digest, DigestingWriter
+from .errors import DigestMismatchError, StoreError
+from .oci import Descriptor
+
+CHUNK = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write-temp-then-rename, fsynced. The only way metadata files are written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Cross-process lock on `path` (created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class IngestWriter:
+    """A blob being written. Use as a context manager; `commit()` moves it into the store.
+    Leaving the block without commit discards the ingest file."""
+
+    def __init__(self, store: "ContentStore", expected: Digest | None, expected_size: int | None) -> None:
+        self._store = store
+        self._expected = expected
+        self._expected_size = expected_size
+        fd, self._tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix="ingest-")
+        self._file = os.fdopen(fd, "wb")
+        self._hash = DigestingWriter(self._file, expected.algorithm if expected else "sha256")
+        self.result: tuple[Digest, int] | None = None
+
+    def write(self, b: bytes) -> int:
+        return self._hash.write(b)
+
+    def flush(self) -> None:
+        self._hash.flush()
+
+    def commit(self) -> tuple[Digest, int]:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        d, size = self._hash.digest(), self._hash.size
+        if self._expected_size is not None and size != self._expected_size:
+            raise StoreError(f"blob {self._expected}: size {size}, expected {self._expected_size}")
+        if self._expected is not None and d != self._expected:
+            raise DigestMismatchError(str(self._expected), str(d), "blob")
+        self._store._install(self._tmp, d)
+        self.result = (d, size)
+        return self.result
+
+    def __enter__(self) -> "IngestWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaggedImage:
+    name: str
+    descriptor: Descriptor
+
+
+class ContentStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs"
+        self.ingest_dir = self.root / "ingest"
+        for d in (self.blobs_dir / "sha256", self.ingest_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ blobs
+    def path(self, d: Digest) -> Path:
+        return self.blobs_dir / d.algorithm / d.hex
+
+    def has(self, d: Digest) -> bool:
+        return self.path(d).is_file()
+
+    def size(self, d: Digest) -> int:
+        return self.path(d).stat().st_size
+
+    def open(self, d: Digest) -> BinaryIO:
+        try:
+            return open(self.path(d), "rb")
+        except FileNotFoundError as e:
+            raise StoreError(f"blob {d} not in store") from e
+
+    def read_bytes(self, d: Digest, *, max_size: int = 16 << 20) -> bytes:
+        """Read a small blob (manifest, config) whole, verifying digest and size cap."""
+        with self.open(d) as f:
+            data = f.read(max_size + 1)
+        if len(data) > max_size:
+            raise StoreError(f"blob {d} larger than {max_size} bytes")
+        h = d.hasher()
+        h.update(data)
+        actual = Digest(d.algorithm, h.hexdigest())
+        if actual != d:
+            raise DigestMismatchError(str(d), str(actual), "stored blob")
+        return data
+
+    def writer(self, expected: Digest | None = None, expected_size: int | None = None) -> IngestWriter:
+        return IngestWriter(self, expected, expected_size)
+
+    def put(self, stream: BinaryIO, expected: Digest | None = None,
+            expected_size: int | None = None) -> tuple[Digest, int]:
+        if expected is not None and self.has(expected):
+            return expected, self.size(expected)
+        with self.writer(expected, expected_size) as w:
+            while True:
+                b = stream.read(CHUNK)
+                if not b:
+                    break
+                w.write(b)
+            return w.commit()
+
+    def put_bytes(self, data: bytes) -> tuple[Digest, int]:
+        d = Digest.of_bytes(data)
+        if self.has(d):
+            return d, len(data)
+        with self.writer(d, len(data)) as w:
+            w.write(data)
+            return w.commit()
+
+    def _install(self, tmp: str, d: Digest) -> None:
+        dest = self.path(d)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)     # idempotent: same digest, same bytes
+        fsync_dir(dest.parent)
+
+    def delete(self, d: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(d).unlink()
+
+    def blobs(self) -> Iterator[Digest]:
+        for alg_dir in self.blobs_dir.iterdir():
+            for p in alg_dir.iterdir():
+                try:
+                    yield Digest(alg_dir.name, p.name)
+                except ValueError:
+                    continue
+
+    # ------------------------------------------------------------------ tags
+    @property
+    def _tags_path(self) -> Path:
+        return self.root / "images.json"
+
+    def _read_tags(self) -> dict[str, dict]:
+        try:
+            return json.loads(self._tags_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise StoreError(f"{self._tags_path} is corrupt: {e}") from e
+
+    def tag(self, name: str, desc: Descriptor) -> None:
+        with file_lock(self.root / "images.lock"):
+            tags = self._read_tags()
+            tags[name] = desc.to_json()
+            atomic_write(self._tags_path, json.dumps(tags, sort_keys=True, indent=1).encode())
+
+    def resolve_tag(self, name: str) -> Descriptor | None:
+        with file_lock(self.root / "images.lock", shared=True):
+            d = self._read_tags().get(name)
+        return Descriptor.from_json(d) if d else None
+
+    def list_tags(self) -> list[TaggedImage]:
+        with file_lock(self.root / "images.lock", shared=True):
+            tags = self._read_tags()
+        return [TaggedImage(name=k, descriptor=Descriptor.from_json(v)) for k, v in sorted(tags.items())]
