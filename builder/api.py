@@ -1,0 +1,65 @@
+"""build(request) -> BuildResult: wires frontend → solver → exporters. No printing here."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Literal, Mapping
+
+from .errors import DockerfileError, PybuildError, UsageError
+from .exporter import BuiltImage, assemble_image, recompress, write_oci_file, write_oci_tar
+from .image import Chain, HostDir
+from .oci import Descriptor, History, ImageConfig, Platform
+from .progress import ProgressSink, null_sink
+
+Compression = Literal["gzip", "zstd", "uncompressed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputSpec:
+    """One --output. type: oci (image-layout tar), tar (root filesystem tar), local (directory),
+    image (pybuild's local store). dest "-" means the injected stdout stream."""
+    type: Literal["oci", "tar", "local", "image"]
+    dest: str = ""
+    compression: Compression = "gzip"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildRequest:
+    context: Path
+    dockerfile: Path | None = None                      # default: <context>/Dockerfile
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    pull: bool = False
+    outputs: tuple[OutputSpec, ...] = ()                # empty: the local store
+    build_contexts: Mapping[str, str] = field(default_factory=dict)   # NAME -> DIR | oci-layout://DIR[:TAG] | docker-image://REF
+    secrets: Mapping[str, bytes] = field(default_factory=dict)
+    insecure_registries: tuple[str, ...] = ()
+    root: Path = Path.home() / ".local" / "share" / "pybuild"
+    platform: str | None = None
+    progress: ProgressSink = null_sink
+    docker_config: Path | None = None
+    snapshotter: Literal["auto", "overlay", "native"] = "auto"
+    stdout: BinaryIO | None = None
+    source_date_epoch: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildResult:
+    digest: str                       # manifest digest
+    config_digest: str
+    descriptor: Descriptor
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def build(request: BuildRequest) -> BuildResult:
+    """Build the request's Dockerfile. Raises DockerfileError / StepError / ... (PybuildError)."""
+    from .session import BuildSession
+    with BuildSession(request) as s:
+        return s.run()

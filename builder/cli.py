@@ -1,0 +1,203 @@
+"""The command line (click). The only module that reads argv and the environment; maps errors to
+exit codes: 0 success, 1 failed build (Dockerfile errors included), 2 bad usage, 130 interrupted."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from .errors import BuildCancelled, PybuildError, UsageError
+
+COMMANDS = {"build", "images", "--help", "-h", "--version"}
+
+
+def default_root(env: dict[str, str]) -> Path:
+    if env.get("PYBUILD_ROOT"):
+        return Path(env["PYBUILD_ROOT"])
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "pybuild"
+
+
+def parse_output(text: str) -> Any:
+    """buildx --output: `type=oci,dest=F[,compression=zstd]`, `DIR` (local), `-` (tar to stdout)."""
+    from .api import OutputSpec
+    if text == "-":
+        return OutputSpec(type="tar", dest="-")
+    if "=" not in text:
+        return OutputSpec(type="local", dest=text)
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint="--output")
+        fields[k.strip()] = v.strip()
+    typ = fields.pop("type", "local")
+    dest = fields.pop("dest", "")
+    comp = fields.pop("compression", "gzip")
+    if typ not in ("oci", "tar", "local", "image"):
+        raise click.BadParameter(f"type={typ} is not supported yet (oci, tar, local, image)", param_hint="--output")
+    if comp not in ("gzip", "zstd", "uncompressed"):
+        raise click.BadParameter(f"compression={comp}: use gzip, zstd or uncompressed", param_hint="--output")
+    if typ != "oci" and comp != "gzip":
+        raise click.BadParameter("compression= applies to type=oci only", param_hint="--output")
+    fields.pop("name", None) if typ == "image" else None
+    if fields:
+        raise click.BadParameter(f"unknown key(s) {', '.join(sorted(fields))}", param_hint="--output")
+    if typ in ("oci", "tar", "local") and not dest:
+        raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
+    return OutputSpec(type=typ, dest=dest, compression=comp)  # type: ignore[arg-type]
+
+
+def parse_build_args(items: Sequence[str], env: dict[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not k:
+            raise click.BadParameter(f"{it!r}: empty name", param_hint="--build-arg")
+        if sep:
+            out[k] = v
+        elif k in env:
+            out[k] = env[k]
+    return out
+
+
+def parse_secrets(items: Sequence[str], env: dict[str, str]) -> dict[str, bytes]:
+    """--secret id=ID[,src=PATH|,env=VAR] (type=file|env); a missing file is a usage error."""
+    out: dict[str, bytes] = {}
+    for it in items:
+        fields = dict(p.partition("=")[::2] for p in it.split(","))
+        sid = fields.get("id", "")
+        src = fields.get("src") or fields.get("source") or ""
+        var = fields.get("env", "")
+        if not sid:
+            raise click.BadParameter(f"{it!r}: id= is required", param_hint="--secret")
+        if src:
+            try:
+                out[sid] = Path(src).read_bytes()
+            except OSError as e:
+                raise click.BadParameter(f"id={sid}: cannot read {src}: {e.strerror}", param_hint="--secret")
+        elif var or sid in env:
+            out[sid] = env.get(var or sid, "").encode()
+        else:
+            raise click.BadParameter(f"id={sid}: give src=PATH or env=VAR", param_hint="--secret")
+    return out
+
+
+def parse_contexts(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k or not v:
+            raise click.BadParameter(f"{it!r}: want NAME=VALUE", param_hint="--build-context")
+        out[k] = v
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="pybuild")
+def cli() -> None:
+    """pybuild: build OCI images from Dockerfiles, rootless. `pybuild CONTEXT` = `pybuild build CONTEXT`."""
+
+
+@cli.command("build")
+@click.argument("context", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Dockerfile (default: CONTEXT/Dockerfile)")
+@click.option("-t", "--tag", "tags", multiple=True, help="name:tag for the image (repeatable)")
+@click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE, or KEY to take it from the environment")
+@click.option("--target", help="build this stage")
+@click.option("--no-cache", is_flag=True, help="do not use the cache")
+@click.option("--pull", is_flag=True, help="always resolve base images from the registry")
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty", "quiet"]), default="auto")
+@click.option("-q", "--quiet", is_flag=True, help="print only the image digest")
+@click.option("--insecure-registry", "insecure", multiple=True, help="HOST[:PORT] reached over plain HTTP")
+@click.option("--build-context", "build_contexts", multiple=True,
+              help="NAME=DIR, NAME=oci-layout://DIR[:TAG] or NAME=docker-image://REF")
+@click.option("-o", "--output", "outputs", multiple=True,
+              help="type=oci|tar|local,dest=PATH[,compression=gzip|zstd|uncompressed]; DIR; - (tar to stdout)")
+@click.option("--secret", "secrets", multiple=True, help="id=ID,src=PATH or id=ID,env=VAR")
+@click.option("--platform", help="target platform (only the host's is supported)")
+@click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path), help="write build metadata JSON here")
+@click.option("--snapshotter", type=click.Choice(["auto", "overlay", "native"]), default="auto", hidden=True,
+              envvar="PYBUILD_SNAPSHOTTER")
+def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], build_args: tuple[str, ...],
+              target: str | None, no_cache: bool, pull: bool, progress: str, quiet: bool,
+              insecure: tuple[str, ...], build_contexts: tuple[str, ...], outputs: tuple[str, ...],
+              secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, snapshotter: str) -> None:
+    """Build the Dockerfile in CONTEXT."""
+    from .api import BuildRequest, build
+    from .progress import renderer_for
+    env = dict(os.environ)
+    outs = tuple(parse_output(o) for o in outputs)
+    if sum(1 for o in outs if o.dest == "-") > 1:
+        raise click.BadParameter("only one output can go to stdout", param_hint="--output")
+    to_stdout = any(o.dest == "-" for o in outs)
+    mode = "quiet" if quiet else progress
+    if not context.is_dir():
+        raise click.BadParameter(f"{context} is not a directory", param_hint="CONTEXT")
+    req = BuildRequest(
+        context=context, dockerfile=dockerfile, tags=tags, build_args=parse_build_args(build_args, env),
+        target=target, no_cache=no_cache, pull=pull, outputs=outs,
+        build_contexts=parse_contexts(build_contexts), secrets=parse_secrets(secrets, env),
+        insecure_registries=insecure, root=default_root(env), platform=platform,
+        progress=renderer_for(mode, sys.stderr),
+        docker_config=Path(env["DOCKER_CONFIG"]) / "config.json" if env.get("DOCKER_CONFIG") else None,
+        snapshotter=snapshotter,  # type: ignore[arg-type]
+        stdout=sys.stdout.buffer if to_stdout else None,
+        source_date_epoch=int(env["SOURCE_DATE_EPOCH"]) if env.get("SOURCE_DATE_EPOCH", "").isdigit() else None,
+    )
+    result = build(req)
+    if metadata_file is not None:
+        import json
+        from .store import atomic_write
+        atomic_write(metadata_file, json.dumps(dict(result.metadata), indent=2, sort_keys=True).encode() + b"\n")
+    click.echo(result.digest, err=to_stdout)
+
+
+@cli.command("images")
+def images_cmd() -> None:
+    """List the images in pybuild's local store."""
+    from .store import ContentStore
+    store = ContentStore(default_root(dict(os.environ)))
+    rows = store.list_tags()
+    click.echo(f"{'NAME':<60} {'DIGEST':<71} SIZE")
+    for t in rows:
+        click.echo(f"{t.name:<60} {str(t.descriptor.digest):<71} {t.descriptor.size}")
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] not in COMMANDS:
+        args.insert(0, "build")
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        cli.main(args=args, prog_name="pybuild", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("pybuild: interrupted", err=True)
+        sys.exit(130)
+    except (KeyboardInterrupt, BuildCancelled):
+        click.echo("pybuild: interrupted", err=True)
+        sys.exit(130)
+    except UsageError as e:
+        click.echo(f"pybuild: error: {e}", err=True)
+        sys.exit(2)
+    except PybuildError as e:
+        click.echo(f"pybuild: error: {e}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Exporters: assemble the image (config, manifest) in the store, then write it out.
+
+Sinks over one image view: the OCI image-layout tar, the local store (tags). Root filesystem
+outputs (type=tar, type=local) go through the sandbox worker, which can read snapshot contents.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from .digest import Digest
+from .image import Chain, LayerRef
+from .oci import Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
+from .store import ContentStore, atomic_write
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuiltImage:
+    manifest_descriptor: Descriptor
+    manifest: Manifest
+    config_descriptor: Descriptor
+    config: ImageConfig
+
+
+def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig) -> BuiltImage:
+    """Write config and manifest blobs for `chain` + `config` (diff_ids taken from the chain)."""
+    cfg = replace(config, diff_ids=tuple(l.diff_id for l in chain))
+    raw_cfg = cfg.to_bytes()
+    cd, cs = store.put_bytes(raw_cfg)
+    cdesc = Descriptor(media_type=MediaType.OCI_CONFIG, digest=cd, size=cs)
+    man = Manifest(config=cdesc, layers=tuple(l.descriptor for l in chain))
+    raw_man = man.to_bytes()
+    md, ms = store.put_bytes(raw_man)
+    mdesc = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=md, size=ms, platform=cfg.platform)
+    return BuiltImage(manifest_descriptor=mdesc, manifest=man, config_descriptor=cdesc, config=cfg)
+
+
+# ---------------------------------------------------------------------- recompression
+
+def _decompressor(f: BinaryIO, compression: str) -> BinaryIO:
+    if compression == "gzip":
+        try:
+            from isal import igzip as gz  # type: ignore[import-not-found]
+        except ImportError:  # pragma: no cover
+            import gzip as gz  # type: ignore[no-redef]
+        return gz.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if compression == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+    return f
+
+
+class _Compressor:
+    """Pinned codec settings (reproducible digests): gzip level 6 with an empty header (mtime 0,
+    no name); zstd level 3 with threads pinned to 1 (threads=0 and >=1 produce different bytes)."""
+
+    def __init__(self, sink: BinaryIO, compression: str) -> None:
+        self._c = compression
+        if compression == "gzip":
+            try:
+                from isal import igzip as gz  # type: ignore[import-not-found]
+            except ImportError:  # pragma: no cover
+                import gzip as gz  # type: ignore[no-redef]
+            self._w = gz.GzipFile(filename="", fileobj=sink, mode="wb", compresslevel=6 if gz.__name__ == "gzip" else 2, mtime=0)
+        elif compression == "zstd":
+            import zstandard
+            self._w = zstandard.ZstdCompressor(level=3, threads=1).stream_writer(sink, closefd=False)
+        else:
+            self._w = sink
+
+    def write(self, b: bytes) -> None:
+        self._w.write(b)
+
+    def close(self) -> None:
+        if self._c != "uncompressed":
+            self._w.close()
+
+
+def recompress(store: ContentStore, layer: LayerRef, compression: str) -> LayerRef:
+    """The same layer (same diff_id) with another compression, stored once and remembered."""
+    if MediaType.compression(layer.descriptor.media_type) == compression:
+        return layer
+    memo = store.root / "converted" / f"{layer.descriptor.digest.hex}-{compression}.json"
+    try:
+        desc = Descriptor.from_json(json.loads(memo.read_bytes()))
+        if store.has(desc.digest):
+            return LayerRef(descriptor=desc, diff_id=layer.diff_id)
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    src_comp = MediaType.compression(layer.descriptor.media_type)
+    with store.open(layer.descriptor.digest) as raw, store.writer() as w:
+        src = _decompressor(raw, src_comp)
+        c = _Compressor(w, compression)  # type: ignore[arg-type]
+        while True:
+            b = src.read(CHUNK)
+            if not b:
+                break
+            c.write(b)
+        c.close()
+        d, size = w.commit()
+    desc = Descriptor(media_type=MediaType.oci_layer(compression), digest=d, size=size)
+    atomic_write(memo, canonical_json(desc.to_json()))
+    return LayerRef(descriptor=desc, diff_id=layer.diff_id)
+
+
+# ---------------------------------------------------------------------- OCI layout tar
+
+def _tarinfo(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size = 0 if directory else size
+    ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    ti.mode = 0o755 if directory else 0o644
+    ti.mtime = 0
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    return ti
+
+
+def write_oci_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, tags: Iterable[str] = ()) -> None:
+    """Stream an OCI image-layout tar: oci-layout, index.json, blobs (each blob once, sorted)."""
+    tags = list(tags)
+    descs = [replace(image.manifest_descriptor, annotations=((REF_NAME, t),)) for t in tags] or [image.manifest_descriptor]
+    index = Index(manifests=tuple(descs)).to_bytes()
+    blobs = sorted({image.manifest_descriptor.digest, image.config_descriptor.digest,
+                    *(l.digest for l in image.manifest.layers)})
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index)):
+            tf.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        for d in ("blobs/", "blobs/sha256/"):
+            tf.addfile(_tarinfo(d, 0, directory=True))
+        for dg in blobs:
+            with store.open(dg) as f:
+                tf.addfile(_tarinfo(f"blobs/{dg.algorithm}/{dg.hex}", store.size(dg)), f)
+
+
+def write_oci_file(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = ()) -> None:
+    """write_oci_tar into `dest` via a temp file renamed into place."""
+    import os
+    import tempfile
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_oci_tar(store, image, f, tags=tags)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def layer_digests(image: BuiltImage) -> list[Digest]:
+    return [l.digest for l in image.manifest.layers]

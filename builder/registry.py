@@ -1,0 +1,379 @@
+"""OCI distribution API client over an injected `requests.Session`.
+
+Contracts:
+- plain HTTP for localhost, 127.0.0.0/8, ::1 and `insecure_hosts`; HTTPS otherwise.
+- every manifest is capped at 4 MiB and checked against the pinned digest and the
+  `Docker-Content-Digest` header; every blob is streamed, hashed and counted while it is written
+  to the caller's sink, and a mismatch raises DigestMismatchError (the sink then holds garbage:
+  callers write to a store ingest writer and only commit on success).
+- redirects are followed by hand: `Authorization` is never sent to an origin other than the
+  registry's, and an HTTPS → HTTP downgrade is refused. Upload `Location`s must stay on the
+  registry origin.
+- 429, 5xx and connection errors are retried (at most `max_tries` attempts in all) with
+  exponential backoff or the server's `Retry-After` (capped), through the injected `sleep`.
+  A blob body that fails mid-stream is not retried (the sink cannot be rewound).
+- errors: AuthError (401/403 after auth), NotFoundError (404), RegistryError otherwise; messages
+  name the reference and the HTTP status.
+"""
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import ipaddress
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Callable, Collection, Protocol
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import requests
+
+from .auth import Authenticator
+from .digest import Digest
+from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
+from .oci import Descriptor, Index, Manifest, MediaType, Platform
+from .reference import Reference
+
+MAX_MANIFEST_SIZE = 4 << 20
+CHUNK = 1 << 20
+_ACCEPT = ", ".join(MediaType.MANIFESTS + MediaType.INDEXES)
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 10
+_MAX_INDEX_DEPTH = 4
+
+
+class Sink(Protocol):
+    def write(self, b: bytes) -> int: ...
+
+
+Body = Callable[[], "BinaryIO | bytes"]
+
+
+class RegistryClient:
+    """Pull and push primitives of the distribution spec. Thread-safe if the session is."""
+
+    def __init__(self, session: requests.Session, *, auth: Authenticator, insecure_hosts: Collection[str] = (),
+                 sleep: Callable[[float], None] = time.sleep, max_tries: int = 4, backoff: float = 0.5,
+                 max_retry_after: float = 60.0, timeout: float = 60.0) -> None:
+        self._session = session
+        self._auth = auth
+        self._insecure = frozenset(insecure_hosts)
+        self._sleep = sleep
+        self._max_tries = max(1, max_tries)
+        self._backoff = backoff
+        self._max_retry_after = max_retry_after
+        self._timeout = timeout
+
+    # ------------------------------------------------------------------ urls
+    def scheme(self, ref: Reference) -> str:
+        host = ref.api_host
+        hostname = urlsplit(f"//{host}").hostname or host
+        if host in self._insecure or hostname in self._insecure or hostname == "localhost":
+            return "http"
+        try:
+            return "http" if ipaddress.ip_address(hostname).is_loopback else "https"
+        except ValueError:
+            return "https"
+
+    def base_url(self, ref: Reference) -> str:
+        return f"{self.scheme(ref)}://{ref.api_host}"
+
+    def _url(self, ref: Reference, kind: str, ident: str) -> str:
+        return f"{self.base_url(ref)}/v2/{ref.repository}/{kind}/{ident}"
+
+    # ------------------------------------------------------------------ pull
+    def get_manifest(self, ref: Reference) -> tuple[Descriptor, bytes]:
+        """Fetch the manifest or index `ref` names; return its descriptor (media type, digest,
+        size) and exact bytes. Verified against `ref.digest` or Docker-Content-Digest; capped."""
+        resp = self._send("GET", ref, self._url(ref, "manifests", ref.identifier),
+                          headers={"Accept": _ACCEPT}, stream=True)
+        with resp:
+            self._check(resp, ref, "manifest", (200,))
+            raw = _read_capped(resp, MAX_MANIFEST_SIZE, ref)
+            header_digest = resp.headers.get("Docker-Content-Digest", "")
+            content_type = resp.headers.get("Content-Type", "")
+        expected = ref.digest
+        if expected is None and header_digest:
+            try:
+                expected = Digest.parse(header_digest.strip())
+            except ValueError:
+                expected = None
+        actual = _digest_of(raw, expected.algorithm if expected else "sha256")
+        if expected is not None and expected != actual:
+            raise DigestMismatchError(str(expected), str(actual), f"manifest {ref}")
+        return Descriptor(media_type=_manifest_media_type(content_type, raw, ref), digest=actual, size=len(raw)), raw
+
+    def resolve_bytes(self, ref: Reference, platform: Platform) -> tuple[Descriptor, bytes]:
+        """Like `resolve` but returns the platform manifest's exact bytes."""
+        desc, raw = self.get_manifest(ref)
+        for _ in range(_MAX_INDEX_DEPTH):
+            if desc.media_type not in MediaType.INDEXES:
+                return desc, raw
+            child = pick_platform(Index.from_bytes(raw), platform)
+            if child is None:
+                avail = ", ".join(str(m.platform) for m in Index.from_bytes(raw).manifests if m.platform) or "none"
+                raise NotFoundError(f"{ref}: no manifest for platform {platform} (available: {avail})")
+            got, raw = self.get_manifest(ref.with_digest(child.digest))
+            if got.size != child.size:
+                raise RegistryError(f"{ref}: manifest {child.digest} is {got.size} bytes, index says {child.size}")
+            desc = Descriptor(media_type=got.media_type, digest=child.digest, size=child.size,
+                              annotations=child.annotations, platform=child.platform)
+        raise RegistryError(f"{ref}: image indexes nested deeper than {_MAX_INDEX_DEPTH}")
+
+    def resolve(self, ref: Reference, platform: Platform) -> tuple[Descriptor, Manifest]:
+        """The image manifest for `platform`: an index is resolved through `Platform.matches`."""
+        desc, raw = self.resolve_bytes(ref, platform)
+        try:
+            return desc, Manifest.from_bytes(raw)
+        except (ValueError, KeyError, TypeError) as e:
+            raise RegistryError(f"{ref}: malformed manifest {desc.digest}: {e}") from e
+
+    def fetch_blob(self, ref: Reference, desc: Descriptor, sink: Sink) -> None:
+        """Stream blob `desc` from `ref`'s repository into `sink` (not closed), verifying size and
+        digest; raise DigestMismatchError after the last byte if they differ."""
+        resp = self._send("GET", ref, self._url(ref, "blobs", str(desc.digest)), stream=True)
+        with resp:
+            self._check(resp, ref, f"blob {desc.digest}", (200,))
+            h, size = desc.digest.hasher(), 0
+            try:
+                for chunk in resp.iter_content(CHUNK):
+                    size += len(chunk)
+                    if size > desc.size:
+                        raise DigestMismatchError(f"{desc.digest} ({desc.size} bytes)",
+                                                  f"more than {desc.size} bytes", f"blob {ref.name}@{desc.digest}")
+                    h.update(chunk)
+                    sink.write(chunk)
+            except requests.RequestException as e:
+                raise RegistryError(f"{ref}: blob {desc.digest}: transfer failed after {size} bytes: {e}") from e
+        actual = Digest(desc.digest.algorithm, h.hexdigest())
+        if size != desc.size or actual != desc.digest:
+            raise DigestMismatchError(f"{desc.digest} ({desc.size} bytes)", f"{actual} ({size} bytes)",
+                                      f"blob {ref.name}@{desc.digest}")
+
+    # ------------------------------------------------------------------ push
+    def blob_exists(self, ref: Reference, digest: Digest) -> bool:
+        resp = self._send("HEAD", ref, self._url(ref, "blobs", str(digest)), actions="pull,push")
+        with resp:
+            if resp.status_code == 404:
+                return False
+            self._check(resp, ref, f"blob {digest}", (200,))
+            return True
+
+    def upload_blob(self, ref: Reference, desc: Descriptor, open_fn: Callable[[], BinaryIO], *,
+                    mount_from: Reference | None = None) -> str:
+        """Make blob `desc` exist in `ref`'s repository. Returns "exists", "mounted" or "uploaded".
+
+        HEAD first; then a cross-repo mount from `mount_from` (same registry) when given; else a
+        POST + monolithic PUT whose body comes from `open_fn()` (called once per attempt; the
+        stream is closed here)."""
+        if self.blob_exists(ref, desc.digest):
+            return "exists"
+        uploads = f"{self.base_url(ref)}/v2/{ref.repository}/blobs/uploads/"
+        extra: tuple[str, ...] = ()
+        if mount_from is not None and mount_from.registry == ref.registry and mount_from.repository != ref.repository:
+            uploads += "?" + urlencode({"mount": str(desc.digest), "from": mount_from.repository})
+            extra = (f"repository:{mount_from.repository}:pull",)
+        resp = self._send("POST", ref, uploads, actions="pull,push", extra_scopes=extra,
+                          headers={"Content-Length": "0"})
+        with resp:
+            if resp.status_code == 201 and extra:
+                return "mounted"
+            self._check(resp, ref, f"blob upload {desc.digest}", (202,))
+            location = self._upload_location(ref, resp)
+        sep = "&" if "?" in location else "?"
+        put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
+        resp = self._send("PUT", ref, put_url, actions="pull,push", body=open_fn,
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)})
+        with resp:
+            self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
+        return "uploaded"
+
+    def put_manifest(self, ref: Reference, media_type: str, data: bytes) -> Descriptor:
+        """PUT manifest/index `data` at `ref` (tag or digest); return its descriptor."""
+        actual = Digest.of_bytes(data)
+        if ref.digest is not None and ref.digest != actual:
+            raise DigestMismatchError(str(ref.digest), str(actual), f"manifest for {ref}")
+        resp = self._send("PUT", ref, self._url(ref, "manifests", ref.identifier), actions="pull,push",
+                          body=lambda: data, headers={"Content-Type": media_type})
+        with resp:
+            self._check(resp, ref, "manifest upload", (200, 201, 202))
+            echoed = resp.headers.get("Docker-Content-Digest", "").strip()
+        if echoed and echoed != str(actual):
+            raise DigestMismatchError(str(actual), echoed, f"pushed manifest {ref}")
+        return Descriptor(media_type=media_type, digest=actual, size=len(data))
+
+    def _upload_location(self, ref: Reference, resp: requests.Response) -> str:
+        loc = resp.headers.get("Location")
+        if not loc:
+            raise RegistryError(f"{ref}: upload started (HTTP {resp.status_code}) without a Location")
+        url = urljoin(self.base_url(ref) + "/", loc)
+        if _origin(url) != _origin(self.base_url(ref)):
+            raise RegistryError(f"{ref}: upload Location {url!r} leaves the registry origin")
+        return url
+
+    # ------------------------------------------------------------------ transport
+    def _send(self, method: str, ref: Reference, url: str, *, actions: str = "pull",
+              extra_scopes: tuple[str, ...] = (), headers: dict[str, str] | None = None,
+              body: Body | None = None, stream: bool = False) -> requests.Response:
+        """One logical request: auth, redirects and bounded retries. Returns the final response
+        (possibly still an error status after the last try; the caller checks)."""
+        scope = " ".join((f"repository:{ref.repository}:{actions}", *extra_scopes))
+        for attempt in range(1, self._max_tries + 1):
+            last = attempt == self._max_tries
+            try:
+                resp = self._send_authed(method, ref, url, scope, headers or {}, body, stream)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if last:
+                    raise RegistryError(f"{ref}: {method} {url}: {e} (after {attempt} tries)") from e
+                self._sleep(self._backoff * 2 ** (attempt - 1))
+                continue
+            if last or not (resp.status_code == 429 or 500 <= resp.status_code <= 599):
+                return resp
+            delay = _retry_after(resp.headers.get("Retry-After"))
+            resp.close()
+            if delay is None:
+                delay = self._backoff * 2 ** (attempt - 1)
+            self._sleep(min(max(delay, 0.0), self._max_retry_after))
+        raise AssertionError("unreachable")
+
+    def _send_authed(self, method: str, ref: Reference, url: str, scope: str, headers: dict[str, str],
+                     body: Body | None, stream: bool) -> requests.Response:
+        auth = self._auth.header(ref.registry, scope)
+        resp = self._follow(method, ref, url, headers, auth, body, stream)
+        if resp.status_code != 401:
+            return resp
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        resp.close()
+        if not challenge:
+            raise AuthError(f"{ref}: HTTP 401 without WWW-Authenticate on {method} {url}")
+        if auth is not None:
+            self._auth.forget(ref.registry, scope)
+        auth = self._auth.respond(ref.registry, challenge, scope)
+        resp = self._follow(method, ref, url, headers, auth, body, stream)
+        if resp.status_code == 401:
+            resp.close()
+            raise AuthError(f"{ref}: HTTP 401 on {method} {url}: credentials rejected for scope {scope!r}")
+        return resp
+
+    def _follow(self, method: str, ref: Reference, url: str, headers: dict[str, str], auth: str | None,
+                body: Body | None, stream: bool) -> requests.Response:
+        """Send, following redirects by hand; Authorization only to the registry origin."""
+        home = _origin(self.base_url(ref))
+        for _ in range(_MAX_REDIRECTS + 1):
+            h = dict(headers)
+            if auth is not None and _origin(url) == home:
+                h["Authorization"] = auth
+            data = body() if body is not None else None
+            try:
+                resp = self._session.request(method, url, headers=h, data=data, stream=stream,
+                                             allow_redirects=False, timeout=self._timeout)
+            finally:
+                if data is not None and hasattr(data, "close"):
+                    data.close()
+            if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
+                return resp
+            nxt = urljoin(url, resp.headers["Location"])
+            resp.close()
+            if urlsplit(url).scheme == "https" and urlsplit(nxt).scheme != "https":
+                raise RegistryError(f"{ref}: refusing redirect from HTTPS to {nxt!r}")
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                method, body = "GET", None
+                headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-type")}
+            url = nxt
+        raise RegistryError(f"{ref}: too many redirects for {method} {url}")
+
+    def _check(self, resp: requests.Response, ref: Reference, what: str, ok: tuple[int, ...]) -> None:
+        code = resp.status_code
+        if code in ok:
+            return
+        detail = _error_detail(resp)
+        msg = f"{ref}: {what}: HTTP {code}{': ' + detail if detail else ''}"
+        if code in (401, 403):
+            raise AuthError(msg)
+        if code == 404:
+            raise NotFoundError(msg)
+        raise RegistryError(msg)
+
+
+# ---------------------------------------------------------------------- helpers
+def pick_platform(index: Index, platform: Platform) -> Descriptor | None:
+    """The index entry serving `platform`: an exact variant match first, else the first match."""
+    matches = [m for m in index.manifests if m.platform is not None and platform.matches(m.platform)]
+    exact = [m for m in matches if m.platform is not None and m.platform.variant == platform.variant]
+    return (exact or matches or [None])[0]
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    return u.scheme, (u.hostname or "").lower(), port
+
+
+def _digest_of(data: bytes, algorithm: str) -> Digest:
+    try:
+        return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+    except ValueError:
+        return Digest.of_bytes(data)
+
+
+def _read_capped(resp: requests.Response, cap: int, ref: Reference) -> bytes:
+    buf = bytearray()
+    try:
+        for chunk in resp.iter_content(64 * 1024):
+            buf += chunk
+            if len(buf) > cap:
+                raise RegistryError(f"{ref}: manifest larger than {cap} bytes")
+    except requests.RequestException as e:
+        raise RegistryError(f"{ref}: manifest transfer failed: {e}") from e
+    return bytes(buf)
+
+
+def _manifest_media_type(content_type: str, raw: bytes, ref: Reference) -> str:
+    ct = content_type.split(";", 1)[0].strip()
+    if ct in MediaType.MANIFESTS or ct in MediaType.INDEXES:
+        return ct
+    try:
+        doc: Any = json.loads(raw)
+    except ValueError as e:
+        raise RegistryError(f"{ref}: manifest is not JSON (Content-Type {ct!r})") from e
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{ref}: manifest is not a JSON object")
+    if doc.get("schemaVersion") == 1:
+        raise RegistryError(f"{ref}: Docker schema 1 manifests are not supported")
+    mt = doc.get("mediaType")
+    if mt in MediaType.MANIFESTS or mt in MediaType.INDEXES:
+        return str(mt)
+    if "manifests" in doc:
+        return MediaType.OCI_INDEX
+    if "config" in doc:
+        return MediaType.OCI_MANIFEST
+    raise RegistryError(f"{ref}: unsupported manifest media type {ct or mt!r}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (when - datetime.now(timezone.utc)).total_seconds()
+
+
+def _error_detail(resp: requests.Response) -> str:
+    try:
+        text = resp.raw.read(16 * 1024, decode_content=True) if resp.raw is not None else b""
+        doc = json.loads(text or resp.content[:16 * 1024] or b"null")
+        errs = doc.get("errors") if isinstance(doc, dict) else None
+        if errs:
+            return "; ".join(f"{e.get('code', '')} {e.get('message', '')}".strip() for e in errs[:3])
+    except (ValueError, AttributeError, TypeError, requests.RequestException, OSError):
+        pass
+    return ""
