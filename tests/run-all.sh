@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command): installs pybuild into a venv outside /root,
+# runs the differential conformance suite against ../shared/conformance, then pytest.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${PYBUILD_VENV:-/opt/pybuild-venv}"
+SHARED="${PYBUILD_SHARED:-$REPO/../shared}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/pip" install -q -e "$REPO[test]"
+chmod -R a+rX "$VENV" 2>/dev/null || true
+export PATH="$VENV/bin:$PATH"
+
+# Conformance: registry on 127.0.0.1:5000, base images, then every public case.
+if [ -d "$SHARED/conformance" ]; then
+    export PYBUILD_ROOT="${PYBUILD_CONFORMANCE_ROOT:-$(mktemp -d /tmp/pybuild-conformance.XXXXXX)}"
+    "$SHARED/conformance/start-registry.sh" >/dev/null
+    "$SHARED/conformance/make-base-images.sh" >/dev/null
+    "$VENV/bin/python" "$REPO/tests/conformance_gate.py" "$SHARED/conformance" \
+        "$REPO/tests/conformance-known-failures.txt"
+    unset PYBUILD_ROOT
+else
+    echo "conformance: $SHARED/conformance not found" >&2
+    exit 1
+fi
+
+cd "$REPO"
+exec "$VENV/bin/pytest" -q -p no:cacheprovider tests "$@"

@@ -1,0 +1,56 @@
+import io
+import multiprocessing
+import os
+
+import pytest
+
+from builder.digest import Digest
+from builder.errors import DigestMismatchError, StoreError
+from builder.oci import Descriptor, MediaType
+from builder.store import ContentStore
+
+
+def test_put_is_atomic_idempotent_and_verified(tmp_path):
+    s = ContentStore(tmp_path)
+    d, n = s.put(io.BytesIO(b"hello"))
+    assert d == Digest.of_bytes(b"hello") and n == 5
+    assert s.path(d).read_bytes() == b"hello"
+    assert s.put(io.BytesIO(b"hello"), expected=d) == (d, 5)
+    assert list(s.ingest_dir.iterdir()) == []
+
+
+def test_put_rejects_wrong_digest_and_size_and_leaves_nothing(tmp_path):
+    s = ContentStore(tmp_path)
+    with pytest.raises(DigestMismatchError):
+        s.put(io.BytesIO(b"evil"), expected=Digest.of_bytes(b"good"))
+    with pytest.raises(StoreError):
+        s.put(io.BytesIO(b"abc"), expected_size=4)
+    assert not s.has(Digest.of_bytes(b"evil"))
+    assert list(s.ingest_dir.iterdir()) == []
+
+
+def test_read_bytes_detects_corruption(tmp_path):
+    s = ContentStore(tmp_path)
+    d, _ = s.put_bytes(b"config")
+    os.chmod(s.path(d), 0o644)
+    s.path(d).write_bytes(b"tampered")
+    with pytest.raises(DigestMismatchError):
+        s.read_bytes(d)
+
+
+def _tagger(root, i):
+    s = ContentStore(root)
+    d, n = s.put_bytes(f"m{i}".encode())
+    for _ in range(20):
+        s.tag(f"img{i}", Descriptor(media_type=MediaType.OCI_MANIFEST, digest=d, size=n))
+
+
+def test_tags_survive_concurrent_processes(tmp_path):
+    procs = [multiprocessing.Process(target=_tagger, args=(tmp_path, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    names = [t.name for t in ContentStore(tmp_path).list_tags()]
+    assert names == ["img0", "img1", "img2", "img3"]
