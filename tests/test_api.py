@@ -1,0 +1,30 @@
+"""The public library API is pinned."""
+import builder
+
+
+def test_public_api_is_pinned():
+    assert builder.__all__ == ["build", "BuildRequest", "BuildResult", "OutputSpec", "PybuildError",
+                               "DockerfileError", "ExecError"]
+    import dataclasses
+    fields = [f.name for f in dataclasses.fields(builder.BuildResult)]
+    assert fields == ["digest", "config_digest", "descriptor", "metadata"]
+    assert callable(builder.build)
+
+
+def test_library_build_returns_digests(tmp_path, base_layout):
+    import shutil
+    from pathlib import Path
+    from conftest import REPO
+    from imagecheck import validate_image
+    ctx = tmp_path / "ex"
+    shutil.copytree(REPO / "testdata" / "example", ctx)
+    out = tmp_path / "img.tar"
+    events = []
+    res = builder.build(builder.BuildRequest(
+        context=ctx, root=tmp_path / "root", build_contexts={"base": f"oci-layout://{base_layout}:latest"},
+        outputs=(builder.OutputSpec(type="oci", dest=str(out)),), progress=events.append))
+    img = validate_image(out)
+    assert res.digest == img["digest"]
+    assert res.config_digest == img["manifest"]["config"]["digest"]
+    assert str(res.descriptor.digest) == res.digest
+    assert events, "progress events are delivered to the sink"

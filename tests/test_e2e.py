@@ -1,0 +1,187 @@
+"""End-to-end builds through the CLI, checked with real tools (skopeo, umoci, a real registry)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_context, pybuild_cmd
+from imagecheck import validate_image
+
+pytestmark = pytest.mark.integration
+
+
+def example_ctx(workdir: Path) -> Path:
+    dst = workdir / "example"
+    shutil.copytree(REPO / "testdata" / "example", dst)
+    subprocess.run(["chmod", "-R", "a+rwX", str(dst)], check=True)
+    return dst
+
+
+def skopeo_inspect(tar: Path) -> dict:
+    p = subprocess.run(["skopeo", "inspect", f"oci-archive:{tar}"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def umoci_unpack(tar: Path, dest: Path) -> Path:
+    lay = dest / "layout"
+    lay.mkdir(parents=True)
+    with tarfile.open(tar) as tf:
+        tf.extractall(lay, filter="data")
+    idx = json.loads((lay / "index.json").read_text())
+    tag = (idx["manifests"][0].get("annotations") or {}).get("org.opencontainers.image.ref.name")
+    if not tag:
+        idx["manifests"][0].setdefault("annotations", {})["org.opencontainers.image.ref.name"] = "t"
+        (lay / "index.json").write_text(json.dumps(idx))
+        tag = "t"
+    bundle = dest / "bundle"
+    p = subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{lay}:{tag}", str(bundle)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return bundle / "rootfs"
+
+
+def test_example_builds_to_valid_oci_tar(pybuild, workdir, base_layout, registry):
+    ctx = example_ctx(workdir)
+    out = workdir / "example.tar"
+    r = pybuild("build", str(ctx), "--build-context", f"base=oci-layout://{base_layout}:latest",
+                "-o", f"type=oci,dest={out}", "-t", "example:1", "--progress", "plain")
+    assert r.returncode == 0, r.stderr
+    img = validate_image(out)
+    assert r.stdout.decode().strip() == img["digest"]
+    cfg = img["config"]["config"]
+    assert cfg["User"] == "web" and cfg["Cmd"] == ["httpd", "-f", "-p", "8080", "-h", "/var/www"]
+    assert cfg["ExposedPorts"] == {"8080/tcp": {}}
+    assert skopeo_inspect(out)["Architecture"] == "amd64"
+    rootfs = umoci_unpack(out, workdir / "umoci")
+    assert "hello from pybuild" in (rootfs / "var/www/index.html").read_text()
+    assert not (rootfs / "var/www/index.html.in").exists()
+    p = subprocess.run(["skopeo", "copy", "--quiet", f"oci-archive:{out}", f"docker://{registry}/e2e/example:1",
+                        "--dest-tls-verify=false"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_rebuild_is_cached_same_digest_and_one_change_reruns_from_there(pybuild, workdir, base_layout):
+    ctx = example_ctx(workdir)
+    args = ("build", str(ctx), "--build-context", f"base=oci-layout://{base_layout}:latest", "--progress", "plain")
+    first = pybuild(*args)
+    assert first.returncode == 0, first.stderr
+    second = pybuild(*args)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout, "a fully cached rebuild must give the same image digest"
+    assert "CACHED" in second.stderr and " DONE " not in second.stderr.replace("#", " "), second.stderr
+    (ctx / "site" / "style.css").write_text("body { color: red; }\n")
+    third = pybuild(*args)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout != first.stdout
+    log = third.stderr
+    assert log.count("CACHED") >= 1          # WORKDIR mkdir before the COPY stays cached
+    run_line = [l for l in log.splitlines() if "RUN sed" in l]
+    assert run_line, log
+
+
+def test_registry_base_user_and_groups(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nUSER app\nRUN id > /tmp/id.txt\n"})
+    out = workdir / "o"
+    r = pybuild("build", str(ctx), "-o", f"type=local,dest={out}")
+    assert r.returncode == 0, r.stderr
+    assert (out / "tmp/id.txt").read_text().strip() == "uid=1000(app) gid=1000(app) groups=50(staff)"
+
+
+def test_tar_to_stdout_holds_only_the_tar(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN echo hi > /hi\n"})
+    r = pybuild("build", str(ctx), "-o", "-", "--progress", "plain")
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tf:
+        names = tf.getnames()
+        assert "hi" in names or "./hi" in names
+        assert tf.extractfile([m for m in tf.getmembers() if m.name.lstrip("./") == "hi"][0]).read() == b"hi\n"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "uncompressed"])
+def test_compressions(pybuild, workdir, base_image, compression):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN echo {compression} > /c\n"})
+    out = workdir / "img.tar"
+    r = pybuild("build", str(ctx), "-o", f"type=oci,dest={out},compression={compression}")
+    assert r.returncode == 0, r.stderr
+    img = validate_image(out)
+    media = img["manifest"]["layers"][-1]["mediaType"]
+    assert media.endswith({"gzip": "gzip", "zstd": "zstd", "uncompressed": "tar"}[compression])
+    skopeo_inspect(out)
+    if compression != "zstd":      # Debian's umoci predates zstd layers
+        assert (umoci_unpack(out, workdir / "u") / "c").read_text() == compression + "\n"
+
+
+def test_local_store_tag_then_from(pybuild, workdir, base_image):
+    a = make_context(workdir / "a", {"Dockerfile": f"FROM {base_image}\nRUN echo stored > /stored\n"})
+    r = pybuild("build", str(a), "-t", "local/stored:v1")
+    assert r.returncode == 0, r.stderr
+    listing = pybuild("images")
+    assert "docker.io/local/stored:v1" in listing.stdout.decode()
+    b = make_context(workdir / "b", {"Dockerfile": "FROM local/stored:v1\nRUN cat /stored > /again\n"})
+    out = workdir / "o"
+    r = pybuild("build", str(b), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "again").read_text() == "stored\n"
+
+
+def test_errors_exit_codes_and_locations(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nFROBNICATE x\n"})
+    r = pybuild("build", str(ctx))
+    assert r.returncode == 1 and "Dockerfile:2" in r.stderr, r.stderr
+    ctx2 = make_context(workdir / "ctx2", {"Dockerfile": f"FROM {base_image}\nRUN echo out && exit 3\n"})
+    r = pybuild("build", str(ctx2))
+    assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "out" in r.stderr, r.stderr
+    r = pybuild("build", str(ctx), "--output", "type=bogus,dest=x")
+    assert r.returncode == 2 and "--output" in r.stderr
+    ctx3 = make_context(workdir / "ctx3", {"Dockerfile": f"FROM {base_image}\nCOPY missing.txt /\n"})
+    r = pybuild("build", str(ctx3))
+    assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "missing.txt" in r.stderr, r.stderr
+
+
+def test_sigint_stops_running_steps_and_cleans_up(workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN echo started && sleep 1234\n"})
+    root = workdir / "root"
+    p = subprocess.Popen(pybuild_cmd() + ["build", str(ctx), "--progress", "plain"],
+                         env={**os.environ, "PYBUILD_ROOT": str(root)}, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    else:
+        p.kill()
+        pytest.fail("the RUN step never started")
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=30) == 130
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True).returncode != 0
+    assert list((root / "tmp").iterdir()) == []
+    assert list((root / "ingest").iterdir()) == []
+
+
+def test_unprivileged_user_builds_example_and_user_steps(pybuild, workdir, base_layout, unpriv_user, base_image):
+    ctx = example_ctx(workdir)
+    subprocess.run(["chown", "-R", unpriv_user, str(ctx)], check=True)
+    out = workdir / "unpriv.tar"
+    r = pybuild("build", str(ctx), "--build-context", f"base=oci-layout://{base_layout}:latest",
+                "-o", f"type=oci,dest={out}", user=unpriv_user, root=workdir / "uroot")
+    assert r.returncode == 0, r.stderr
+    validate_image(out)
+    ctx2 = make_context(workdir / "u2", {"Dockerfile": f"FROM {base_image}\nUSER app\nRUN id -u > /tmp/uid\n"},
+                        owner=unpriv_user)
+    o2 = workdir / "u2out"
+    r = pybuild("build", str(ctx2), "-o", f"type=tar,dest={o2}", user=unpriv_user, root=workdir / "uroot")
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(o2) as tf:
+        m = [m for m in tf.getmembers() if m.name.lstrip("./") == "tmp/uid"][0]
+        assert tf.extractfile(m).read() == b"1000\n" and m.uid == 1000
