@@ -1,0 +1,49 @@
+import click
+import pytest
+
+from builder.api import OutputSpec
+from builder.cli import default_root, main, parse_build_args, parse_output, parse_secrets
+
+
+@pytest.mark.parametrize("text,want", [
+    ("type=oci,dest=out.tar", OutputSpec(type="oci", dest="out.tar")),
+    ("type=oci,dest=o.tar,compression=zstd", OutputSpec(type="oci", dest="o.tar", compression="zstd")),
+    ("type=tar,dest=fs.tar", OutputSpec(type="tar", dest="fs.tar")),
+    ("type=local,dest=dir", OutputSpec(type="local", dest="dir")),
+    ("somedir", OutputSpec(type="local", dest="somedir")),
+    ("-", OutputSpec(type="tar", dest="-")),
+])
+def test_parse_output(text, want):
+    assert parse_output(text) == want
+
+
+@pytest.mark.parametrize("text", ["type=docker,dest=x", "type=oci", "type=oci,dest=x,compression=lz4",
+                                  "type=tar,dest=x,compression=zstd", "type=oci,dest=x,bogus=1", "type=oci,dest"])
+def test_parse_output_rejects(text):
+    with pytest.raises(click.BadParameter):
+        parse_output(text)
+
+
+def test_build_args_from_env():
+    assert parse_build_args(["A=1", "B", "C"], {"B": "from-env"}) == {"A": "1", "B": "from-env"}
+
+
+def test_secrets(tmp_path):
+    (tmp_path / "s").write_bytes(b"tok")
+    assert parse_secrets([f"id=a,src={tmp_path / 's'}", "id=b,env=V"], {"V": "x"}) == {"a": b"tok", "b": b"x"}
+    with pytest.raises(click.BadParameter):
+        parse_secrets([f"id=a,src={tmp_path / 'missing'}"], {})
+
+
+def test_default_root():
+    assert str(default_root({"PYBUILD_ROOT": "/x"})) == "/x"
+    assert str(default_root({"HOME": "/home/u"})) == "/home/u/.local/share/pybuild"
+
+
+def test_bad_usage_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["build", str(tmp_path / "nope")])
+    assert ei.value.code == 2
+    with pytest.raises(SystemExit) as ei:
+        main(["build", "--no-such-flag", str(tmp_path)])
+    assert ei.value.code == 2
