@@ -243,8 +243,12 @@ class Authenticator:
     header), caches and returns it, or raises AuthError."""
 
     def __init__(self, session: requests.Session, credentials: CredentialProvider | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, timeout: float = 30.0) -> None:
+                 config_path: Path | None = None, clock: Callable[[], float] = time.monotonic,
+                 timeout: float = 30.0) -> None:
+        """`credentials` wins; else `config_path` (a docker config.json) is used when given."""
         self._session = session
+        if credentials is None and config_path is not None:
+            credentials = DockerConfigCredentials(config_path)
         self._creds = credentials
         self._clock = clock
         self._timeout = timeout
