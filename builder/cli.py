@@ -130,6 +130,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
               secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
     from .api import BuildRequest, build
+    from .auth import docker_config_path
     from .progress import renderer_for
     env = dict(os.environ)
     outs = tuple(parse_output(o) for o in outputs)
@@ -145,7 +146,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         build_contexts=parse_contexts(build_contexts), secrets=parse_secrets(secrets, env),
         insecure_registries=insecure, root=default_root(env), platform=platform,
         progress=renderer_for(mode, sys.stderr),
-        docker_config=Path(env["DOCKER_CONFIG"]) / "config.json" if env.get("DOCKER_CONFIG") else None,
+        docker_config=docker_config_path(env),
         snapshotter=snapshotter,  # type: ignore[arg-type]
         stdout=sys.stdout.buffer if to_stdout else None,
         source_date_epoch=int(env["SOURCE_DATE_EPOCH"]) if env.get("SOURCE_DATE_EPOCH", "").isdigit() else None,
