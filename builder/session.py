@@ -84,7 +84,6 @@ class BuildSession:
             from .auth import Authenticator
             from .registry import RegistryClient
             session = requests.Session()
-            session.trust_env = False    # never route 127.0.0.1 registries through a proxy
             self._stack.callback(session.close)
             auth = Authenticator(session=session, config_path=self.req.docker_config)
             self._client = RegistryClient(session, auth=auth, insecure_hosts=self.req.insecure_registries)
