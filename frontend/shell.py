@@ -69,6 +69,19 @@ class _Lexer:
                     words.append("".join(cur))
                     cur, in_word = [], False
                 continue
+            if self.split and ch == "$":
+                # an unquoted substitution is split on whitespace too (BuildKit's ProcessWords)
+                self.s.next()
+                value = self._dollar()
+                for c in value:
+                    if c in " \t\n\r\f\v":
+                        if in_word:
+                            words.append("".join(cur))
+                            cur, in_word = [], False
+                    else:
+                        cur.append(c)
+                        in_word = True
+                continue
             in_word = True
             cur.append(self._one(stop=""))
         if in_word or not self.split:

@@ -1,0 +1,282 @@
+"""frontend/convert.py semantics: stages, ARG/ENV scoping, config, history, ops and vertices."""
+from __future__ import annotations
+
+import pytest
+
+from builder.errors import DockerfileError
+from builder.graph import BuildGraph, Vertex
+from builder.oci import Platform
+from builder.ops import (Chown, Copy, ExecOp, FileOp, HTTPSource, ImageSource, InlineSource, LocalSource, Mkdir,
+                         OCILayoutSource, ScratchSource)
+from frontend.convert import FrontendOptions, NamedContext, convert
+from test_frontend_fakes import PATH_ENV, FakeResolver
+
+AMD64 = Platform(os="linux", architecture="amd64")
+
+
+def conv(text: str, **kw) -> BuildGraph:  # type: ignore[no-untyped-def]
+    kw.setdefault("resolver", FakeResolver())
+    return convert(text, FrontendOptions(platform=kw.pop("platform", AMD64), build_platform=AMD64, **kw))
+
+
+def execs(g: BuildGraph) -> list[ExecOp]:
+    return [v.op for v in g.topological() if isinstance(v.op, ExecOp)]
+
+
+def chain(v: Vertex) -> list[Vertex]:
+    """The vertex and its input-0 ancestors, base first."""
+    out = [v]
+    while out[-1].inputs:
+        out.append(out[-1].inputs[0])
+    return out[::-1]
+
+
+def test_env_same_line_uses_old_value_and_env_wins_over_arg() -> None:
+    g = conv("FROM busybox\nARG A=fromarg\nENV A=alpha\nENV A=changed E=$A\nARG A=late\nRUN echo\n")
+    cfg = g.target.config.config
+    assert cfg.env == (PATH_ENV, "A=changed", "E=alpha")
+    (run,) = execs(g)
+    assert run.env == (PATH_ENV, "A=changed", "E=alpha")
+
+
+def test_args_are_in_run_env_not_in_config() -> None:
+    g = conv("FROM busybox\nARG V=1\nARG NOVAL\nRUN echo $V\nLABEL v=$V\n", build_args={"UNDECLARED": "x"})
+    (run,) = execs(g)
+    assert "V=1" in run.env and not any(e.startswith(("NOVAL", "UNDECLARED")) for e in run.env)
+    assert g.target.config.config.env == (PATH_ENV,)
+    assert dict(g.target.config.config.labels) == {"v": "1"}
+    assert "RUN |2 V=1 NOVAL= /bin/sh -c echo $V # buildkit" in [h.created_by for h in g.target.history]
+
+
+def test_global_args_only_after_redeclare_and_build_arg_override() -> None:
+    g = conv("ARG BASE=busy\nARG TAG=1\nARG G=global\nFROM ${BASE}box:${TAG}\nLABEL a=[$G]\nARG G\nARG TAG\n"
+             "LABEL b=[$G] t=$TAG\n", build_args={"TAG": "2"})
+    src = chain(g.target.vertex)[0].op
+    assert isinstance(src, ImageSource) and src.ref == "docker.io/library/busybox:2"
+    assert dict(g.target.config.config.labels) == {"a": "[]", "b": "[global]", "t": "2"}
+
+
+def test_predefined_platform_args() -> None:
+    arm = Platform(os="linux", architecture="arm64", variant="v8")
+    g = conv("ARG TARGETPLATFORM\nFROM --platform=$BUILDPLATFORM busybox AS b\nARG TARGETARCH\nARG TARGETVARIANT\n"
+             "ARG BUILDARCH\nARG TARGETPLATFORM\nRUN x\n", platform=arm)
+    (run,) = execs(g)
+    env = dict(e.split("=", 1) for e in run.env)
+    assert (env["TARGETARCH"], env["TARGETVARIANT"], env["BUILDARCH"]) == ("arm64", "v8", "amd64")
+    assert "TARGETPLATFORM" not in env                  # the global ARG without value hides it
+    src = chain(g.target.vertex)[0].op
+    assert src.platform == AMD64                         # --platform=$BUILDPLATFORM
+
+
+def test_proxy_build_args_reach_run_only() -> None:
+    g = conv("FROM busybox\nRUN x\n", build_args={"HTTPS_PROXY": "http://p:1", "OTHER": "no"})
+    (run,) = execs(g)
+    assert "HTTPS_PROXY=http://p:1" in run.env and not any(e.startswith("OTHER") for e in run.env)
+    assert g.target.config.config.env == (PATH_ENV,)
+
+
+def test_workdir_relative_mkdir_and_owner() -> None:
+    g = conv("FROM busybox\nWORKDIR /a/b/c\nWORKDIR d\nWORKDIR ../e\nUSER app:staff\nWORKDIR /home/x\nWORKDIR /\n")
+    mk = [v.op.actions[0] for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert [(m.path, m.chown) for m in mk] == [("/a/b/c", None), ("/a/b/c/d", None), ("/a/b/c/e", None),
+                                              ("/home/x", Chown(user="app", group="staff"))]
+    assert all(isinstance(m, Mkdir) and m.mode == 0o755 and m.make_parents for m in mk)
+    assert g.target.config.config.working_dir == "/"
+    assert [h.created_by for h in g.target.history if h.created_by.startswith("WORKDIR")][-1] == "WORKDIR /"
+
+
+def test_run_cwd_user_shell_network() -> None:
+    g = conv('FROM busybox\nWORKDIR /w\nUSER 1000:50\nSHELL ["/bin/bash", "-e", "-c"]\n'
+             "RUN --network=none echo hi\nRUN [\"ls\", \"-l\"]\n")
+    a, b = execs(g)
+    assert (a.args, a.cwd, a.user, a.network) == (("/bin/bash", "-e", "-c", "echo hi"), "/w", "1000:50", "none")
+    assert b.args == ("ls", "-l") and b.network == "default"
+
+
+def test_cmd_entrypoint_and_reset() -> None:
+    g = conv('FROM busybox AS parent\nCMD ["parent-cmd"]\nFROM parent\nENTRYPOINT ["/bin/sh", "-c"]\n')
+    cfg = g.target.config.config
+    assert cfg.cmd is None and cfg.entrypoint == ("/bin/sh", "-c")
+    g = conv('FROM busybox\nCMD ["x"]\nENTRYPOINT ep arg\n')
+    cfg = g.target.config.config
+    assert cfg.cmd == ("x",) and cfg.entrypoint == ("/bin/sh", "-c", "ep arg")
+
+
+def test_scratch_config_and_metadata_instructions() -> None:
+    g = conv("FROM scratch\nEXPOSE 80 8000-8001/udp\nVOLUME [\"/a\"]\nVOLUME /b /c\nSTOPSIGNAL SIGINT\n"
+             "MAINTAINER me\nHEALTHCHECK NONE\nLABEL \"k 1\"=\"v 1\"\n")
+    assert isinstance(g.target.vertex.op, ScratchSource)
+    cfg = g.target.config.config
+    assert cfg.env == (PATH_ENV,)
+    assert cfg.exposed_ports == ("80/tcp", "8000/udp", "8001/udp")
+    assert cfg.volumes == ("/a", "/b", "/c") and cfg.stop_signal == "SIGINT"
+    assert cfg.healthcheck is not None and cfg.healthcheck.test == ("NONE",)
+    assert dict(cfg.labels) == {"k 1": "v 1"}
+    assert g.target.config.author == "me"
+    assert all(h.vertex is None for h in g.target.history)
+
+
+def test_onbuild_triggers_run_after_from_and_are_cleared() -> None:
+    g = conv("FROM conformance/busybox-nonroot:1\nRUN cat onbuild.txt\n")
+    first, second = execs(g)
+    assert first.args[-1] == "echo onbuild-ran > /home/app/onbuild.txt"
+    assert (first.user, first.cwd) == ("app", "/home/app")
+    cfg = g.target.config.config
+    assert cfg.onbuild == () and cfg.user == "app"
+    assert dict(cfg.labels) == {"org.example.conformance.base": "busybox-nonroot"}
+    # a stage FROM a stage with ONBUILD runs the trigger too
+    g = conv("FROM busybox AS p\nONBUILD RUN echo child\nFROM p\nRUN x\n")
+    assert [e.args[-1] for e in execs(g)] == ["echo child", "x"]
+    g = conv("FROM busybox AS p\nONBUILD RUN echo child\n")
+    assert g.target.config.config.onbuild == ("RUN echo child",) and not execs(g)
+
+
+def test_history_accumulates_over_stages_and_base_history() -> None:
+    g = conv("FROM busybox AS a\nENV X=1\nRUN one\nFROM a\nRUN two\n")
+    assert [h.created_by for h in g.target.history] == ["ENV X=1", "RUN /bin/sh -c one # buildkit",
+                                                        "RUN /bin/sh -c two # buildkit"]
+    assert [h.vertex is not None for h in g.target.history] == [False, True, True]
+    assert [h.created_by for h in g.target.base_history] == ["BusyBox base layer"]
+
+
+def test_copy_sources_dest_and_flags() -> None:
+    g = conv("FROM busybox\nWORKDIR /app\nCOPY --chown=app --chmod=640 ../../etc/x ./a b/ sub/\n"
+             "COPY f .\nCOPY f /abs\nADD local.tar.gz /opt/\n", context_excludes=("*.tmp",))
+    files = [v for v in chain(g.target.vertex) if isinstance(v.op, FileOp) and isinstance(v.op.actions[0], Copy)]
+    c1, c2, c3, c4 = (v.op.actions[0] for v in files)
+    assert c1.src_paths == ("etc/x", "a", "b") and c1.dest == "/app/sub/"
+    assert c1.chown == Chown(user="app", group="") and c1.chmod == 0o640 and not c1.unpack
+    assert c2.dest == "/app/" and c3.dest == "/abs" and c4.unpack
+    ctx = files[0].inputs[c1.src]
+    assert ctx.op == LocalSource(name="context", excludes=("*.tmp",))
+    assert [h.created_by for h in g.target.history][1] == "COPY ../../etc/x ./a b/ sub/ # buildkit"
+
+
+def test_copy_from_stage_index_image_and_named_contexts() -> None:
+    res = FakeResolver()
+    named = {"tools": NamedContext(kind="local", value="/tmp/tools"),
+             "layout": NamedContext(kind="oci-layout", value="/tmp/lay", tag="v1"),
+             "img": NamedContext(kind="image", value="alpine:3")}
+    g = conv("FROM busybox AS b\nRUN build\nFROM scratch\nCOPY --from=b /out /\nCOPY --from=0 /out /0/\n"
+             "COPY --from=debian:12 /etc/os-release /\nCOPY --from=tools t /\nCOPY --from=layout l /\n"
+             "COPY --from=img i /\n", named_contexts=named, resolver=res)
+    ops = [v for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    froms = [v.inputs[v.op.actions[0].src].op for v in ops]
+    assert isinstance(froms[0], ExecOp) and froms[0] == froms[1]
+    assert froms[2] == ImageSource(ref="docker.io/library/debian:12", digest=froms[2].digest, platform=AMD64)
+    assert froms[3] == LocalSource(name="tools")
+    assert isinstance(froms[4], OCILayoutSource) and (froms[4].path, froms[4].tag) == ("/tmp/lay", "v1")
+    assert isinstance(froms[5], ImageSource) and froms[5].ref == "docker.io/library/alpine:3"
+    assert ("oci-layout", "/tmp/lay:v1") in res.calls
+
+
+def test_from_named_context_replaces_image() -> None:
+    g = conv("FROM base\nRUN x\n", named_contexts={"base": NamedContext(kind="image", value="debian:12")})
+    assert chain(g.target.vertex)[0].op.ref == "docker.io/library/debian:12"
+
+
+def test_add_url_checksum_and_chmod() -> None:
+    g = conv("FROM busybox\nADD --checksum=sha256:" + "a" * 64 + " https://h/x/file.tgz?q=1 /d/\n"
+             "ADD --chmod=755 http://h/ /u\n")
+    a, b = (v for v in chain(g.target.vertex) if isinstance(v.op, FileOp))
+    h1, h2 = a.inputs[1].op, b.inputs[1].op
+    assert isinstance(h1, HTTPSource) and (h1.filename, h1.checksum) == ("file.tgz", "sha256:" + "a" * 64)
+    assert h2.filename == "__unnamed__" and b.op.actions[0].chmod == 0o755
+    assert a.op.actions[0] == Copy(src=1, src_paths=("file.tgz",), dest="/d/")
+
+
+def test_copy_heredoc_expansion_keeps_quotes() -> None:
+    g = conv("FROM busybox\nARG N=w\nCOPY <<EOF <<'RAW' /etc/\nn=$N \"q\" '${N}' \\$N\nEOF\nraw $N\nRAW\n")
+    v = g.target.vertex
+    inline = v.inputs[1].op
+    assert isinstance(inline, InlineSource)
+    assert [(f.name, f.data, f.mode) for f in inline.files] == [("EOF", b"n=w \"q\" 'w' $N\n", 0o644),
+                                                                 ("RAW", b"raw $N\n", 0o644)]
+    assert [a.src_paths for a in v.op.actions] == [("EOF",), ("RAW",)]
+
+
+def test_run_heredoc_forms() -> None:
+    g = conv("FROM busybox\nRUN <<EOF\necho a\nEOF\nRUN python3 <<PY arg\nprint(1)\nPY\n"
+             "RUN <<EOF\n#!/usr/bin/env python3\nprint(2)\nEOF\n")
+    a, b, c = execs(g)
+    assert a.args == ("/bin/sh", "-c", "echo a\n")
+    assert b.args == ("/bin/sh", "-c", "python3 <<PY arg\nprint(1)\nPY")
+    assert c.args == ("/bin/sh", "-c", "/dev/pipes/EOF") and c.mounts[0].target == "/dev/pipes/"
+
+
+def test_run_mounts() -> None:
+    g = conv("FROM busybox AS dep\nRUN make\nFROM busybox\nWORKDIR /w\n"
+             "RUN --mount=type=bind,from=dep,src=out,dst=o --mount=type=cache,target=c,id=x,sharing=private "
+             "--mount=type=secret,id=tok --mount=type=secret,id=t2,target=/s,required,mode=0440,uid=1,gid=2 "
+             "--mount=type=bind,target=/ctx x\n")
+    run_v = g.target.vertex
+    bind, cache, sec, sec2, ctx = run_v.op.mounts
+    assert (bind.type, bind.source, bind.target, bind.readonly) == ("bind", "/out", "/w/o", True)
+    assert isinstance(run_v.inputs[bind.input].op, ExecOp)
+    assert (cache.cache_id, cache.target, cache.sharing, cache.readonly, cache.input) == ("x", "/w/c", "private",
+                                                                                         False, None)
+    assert (sec.secret_id, sec.target, sec.mode, sec.required) == ("tok", "/run/secrets/tok", 0o400, False)
+    assert (sec2.target, sec2.mode, sec2.uid, sec2.gid, sec2.required) == ("/s", 0o440, 1, 2, True)
+    assert isinstance(run_v.inputs[ctx.input].op, LocalSource)
+    g = conv("FROM busybox\nRUN --mount=type=cache,target=/var/cache/apt x\n")
+    assert g.target.vertex.op.mounts[0].cache_id == "/var/cache/apt"
+
+
+def test_vertex_names_and_locations() -> None:
+    g = conv("FROM busybox AS build\nRUN a \\\n  b\nFROM scratch\nCOPY --from=build /x /\n", filename="my.Dockerfile")
+    names = {v.name: v.source_location for v in g.topological()}
+    assert names["[build 1/2] FROM docker.io/library/busybox"].start_line == 1
+    run = next(v for v in g.topological() if isinstance(v.op, ExecOp))
+    assert run.name == "[build 2/2] RUN a   b"
+    assert (run.source_location.filename, run.source_location.start_line, run.source_location.end_line) == (
+        "my.Dockerfile", 2, 3)
+    assert g.target.vertex.name == "[2/2] COPY --from=build /x /"
+    assert run.created_by == "RUN /bin/sh -c a   b # buildkit"
+
+
+def test_unused_stages_are_not_resolved() -> None:
+    res = FakeResolver()
+    g = conv("FROM never:1 AS unused\nRUN exit 1\nFROM busybox:1\nRUN ok\n", resolver=res)
+    assert res.calls == [("image", "busybox:1")]
+    assert [e.args[-1] for e in execs(g)] == ["ok"]
+
+
+def test_target_selection() -> None:
+    text = "FROM busybox AS a\nRUN a\nFROM a AS b\nRUN b\nFROM b\nRUN c\n"
+    assert [e.args[-1] for e in execs(conv(text, target="A"))] == ["a"]
+    assert [e.args[-1] for e in execs(conv(text))] == ["a", "b", "c"]
+    with pytest.raises(DockerfileError, match="could not be found"):
+        conv(text, target="nope")
+
+
+@pytest.mark.parametrize("text,line,fragment", [
+    ("RUN echo\n", 1, "no build stage"),
+    ("# only a comment\n", None, "no build stage"),
+    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "stage: a"),
+    ("FROM busybox AS a\nCOPY --from=a /x /\n", 2, "circular dependency"),
+    ("FROM busybox\nRUN --mount=type=nope,target=/x y\n", 2, "mount type"),
+    ("FROM busybox\nRUN --mount=type=cache y\n", 2, "target"),
+    ("FROM busybox\nRUN --mount=type=bind,target=/x,bogus=1 y\n", 2, "unexpected key"),
+    ("FROM busybox\nRUN --mount=type=secret y\n", 2, "id"),
+    ("FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=lots y\n", 2, "size"),
+    ("FROM busybox\nCOPY --chmod=abc f /\n", 2, "chmod"),
+    ("FROM busybox\nCOPY --chmod=99999 f /\n", 2, "chmod"),
+    ("FROM busybox\nADD --checksum=sha256:00 local /\n", 2, "non-HTTP"),
+    ("FROM busybox\nENV A=${B:?required}\n", 2, "required"),
+    ("FROM busybox\nLABEL a='open\n", 2, "single-quote"),
+    ("FROM busybox\nEXPOSE http\n", 2, "invalid containerPort"),
+    ("FROM busybox\nVOLUME [\"\"]\n", 2, "empty"),
+    ("FROM --platform=bogus busybox\n", 1, "invalid platform"),
+    ("FROM busybox\nRUN --security=insecure x\n", 2, "security"),
+])
+def test_convert_errors(text: str, line: int | None, fragment: str) -> None:
+    with pytest.raises(DockerfileError) as e:
+        conv(text)
+    assert e.value.line == line and fragment in e.value.message
+
+
+def test_errors_raised_before_anything_is_resolved() -> None:
+    res = FakeResolver()
+    with pytest.raises(DockerfileError):
+        conv("FROM busybox\nRUN ok\nFROM busybox\nNOPE x\n", resolver=res)
+    assert res.calls == []
