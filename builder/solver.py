@@ -9,6 +9,7 @@ time it really ran.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import datetime as _dt
 import hashlib
 import threading
@@ -159,7 +160,9 @@ class Solver:
             d, content = self._make_dir(op)
             self._event(v, "done")
             return DirResult(key=_hash(own + content), dir=d)
-        if isinstance(op, (ExecOp, FileOp)):
+        if isinstance(op, ExecOp):
+            return self._run_cached(v, op_digest(_without_proxy_env(op).op_json()))
+        if isinstance(op, FileOp):
             return self._run_cached(v, own)
         raise PybuildError(f"unsupported op {type(op).__name__}")
 
@@ -219,6 +222,17 @@ class Solver:
 
     def _event(self, v: Vertex, status: str) -> None:
         self._opts.progress(VertexEvent(vertex=v.digest, name=v.name, status=status))  # type: ignore[arg-type]
+
+
+PROXY_VARS = frozenset(f"{p}_PROXY" for p in ("HTTP", "HTTPS", "FTP", "NO", "ALL")) | \
+    frozenset(f"{p}_proxy" for p in ("http", "https", "ftp", "no", "all"))
+
+
+def _without_proxy_env(op: ExecOp) -> ExecOp:
+    """Proxy settings change how a step reaches the network, not what it builds: BuildKit keeps
+    them out of cache keys, so CI runners behind different proxies share the cache."""
+    env = tuple(e for e in op.env if e.partition("=")[0] not in PROXY_VARS)
+    return op if env == op.env else dataclasses.replace(op, env=env)
 
 
 def _hash(s: str) -> str:

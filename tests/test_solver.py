@@ -123,3 +123,17 @@ def test_independent_vertices_run_in_parallel(env):
     join = Vertex(op=FileOp(actions=(Copy(src=1, src_paths=("/x",), dest="/"),)), inputs=(a, b))
     make_solver(env, w).solve(BuildGraph.from_target(Target(vertex=join, config=ImageConfig())))
     assert w.max_active == 2
+
+
+def test_proxy_env_is_not_in_cache_keys(env):
+    w = FakeWorker(ContentStore(env / "root"))
+    scratch = Vertex(op=ScratchSource())
+
+    def g(extra):
+        run = Vertex(op=ExecOp(args=("x",), env=("A=1",) + extra), inputs=(scratch,))
+        return BuildGraph.from_target(Target(vertex=run, config=ImageConfig()))
+    make_solver(env, w).solve(g(("HTTP_PROXY=http://p1:3128",)))
+    make_solver(env, w).solve(g(("HTTP_PROXY=http://p2:3128", "no_proxy=x")))
+    assert len(w.calls) == 1
+    make_solver(env, w).solve(g(("A2=changed",)))
+    assert len(w.calls) == 2
