@@ -3,14 +3,18 @@
 # runs the differential conformance suite against ../shared/conformance, then pytest.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-VENV="${PYBUILD_VENV:-/opt/pybuild-venv}"
+VENV="${PYBUILD_VENV:-/opt/pybuild/venv}"
+# Debian's python (not one under /root): the unprivileged test user must be able to run the venv.
+PY=/usr/bin/python3
 SHARED="${PYBUILD_SHARED:-$REPO/../shared}"
 
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-fi
+case "$(readlink -f "$VENV/bin/python" 2>/dev/null)" in
+    /usr/bin/*) ;;
+    *) rm -rf "$VENV"; mkdir -p "$(dirname "$VENV")"; "$PY" -m venv "$VENV" ;;
+esac
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/pip" install -q -e "$REPO[test]"
+# A regular (not editable) install: the checkout may live where the test user cannot read it.
+"$VENV/bin/pip" install -q "$REPO[test]"
 chmod -R a+rX "$VENV" 2>/dev/null || true
 export PATH="$VENV/bin:$PATH"
 
