@@ -1,0 +1,271 @@
+"""The rootless executor: the one place that starts namespaced processes.
+
+`Worker` (a context manager) starts one long-lived worker process per build
+(`builder.nsworker`) inside a new user + mount namespace, maps its ids (`builder.userns`) and
+sends it requests; each RUN step is a fresh `builder.nsinit` process with its own pid, mount,
+ipc and uts namespaces. All operations on snapshot contents happen inside the worker.
+
+Thread safety: every public method may be called from several threads at once (the worker
+handles requests concurrently); `cancel()` may be called from a signal handler.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Literal, Mapping
+
+from . import errors, nsworker, userns
+from .errors import BuildCancelled, ExecError, SandboxError
+from .image import Chain, LayerRef, Source
+from .ops import ExecOp, FileOp
+from .store import ContentStore
+
+_PKG_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxOptions:
+    root: Path                          # pybuild root; snapshots (so/, sn/), cache-mounts/, w/ live here
+    snapshotter: Literal["auto", "overlay", "native"] = "auto"
+    compression: Literal["gzip", "zstd", "uncompressed"] = "gzip"
+    source_date_epoch: int | None = None
+
+
+def nsinit_argv() -> tuple[str, ...]:
+    """How the worker starts a step's init: the stdlib-only `builder/nsinit.py` imported as a
+    top-level module (skipping the package __init__), without site: fast start-up."""
+    here = str(Path(__file__).resolve().parent)
+    boot = f"import sys; sys.path.append({here!r}); from nsinit import main; main()"
+    return (sys.executable, "-S", "-E", "-c", boot)
+
+
+def _worker_argv() -> tuple[str, ...]:
+    boot = f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); from builder.nsworker import main; main()"
+    return (sys.executable, "-c", boot)
+
+
+class _Pending:
+    __slots__ = ("event", "value", "failure", "on_chunk")
+
+    def __init__(self, on_chunk: Callable[[bytes], None] | None) -> None:
+        self.event = threading.Event()
+        self.value: Any = None
+        self.failure: nsworker.Failure | None = None
+        self.on_chunk = on_chunk
+
+
+class Worker:
+    """The build's sandbox. `with Worker(store, options) as w: w.run_exec(...)`.
+
+    `__enter__` starts the namespace worker (raises SandboxError if it cannot); `close()` kills
+    running steps, stops the worker, which unmounts and removes its temp dirs."""
+
+    def __init__(self, store: ContentStore, options: SandboxOptions) -> None:
+        self.store = store
+        self.options = options
+        self.snapshotter_name = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._cancel_w = -1
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._plock = threading.Lock()
+        self._next_id = 1
+        self._log: Any = None
+        self._reader: threading.Thread | None = None
+        self._dead: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Worker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        root = Path(self.options.root)
+        root.mkdir(parents=True, exist_ok=True)
+        idmap, su, sg = userns.plan()
+        cancel_r, self._cancel_w = os.pipe()
+        self._log = tempfile.TemporaryFile()
+        env = dict(os.environ, PYBUILD_CANCEL_FD=str(cancel_r))
+        try:
+            self._proc = subprocess.Popen(_worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=self._log, pass_fds=(cancel_r,), env=env, bufsize=0,
+                                          start_new_session=True)   # terminal ^C reaches us, not steps
+        finally:
+            os.close(cancel_r)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            if self._proc.stdout.readline() != b"U\n":
+                raise SandboxError(f"sandbox worker could not create a user namespace: {self._log_tail()}")
+            userns.apply(self._proc.pid, idmap, su, sg)
+            self._proc.stdin.write(b"M\n")
+            cfg = nsworker.Config(
+                root=str(root), store_root=str(self.store.root), snapshotter=self.options.snapshotter,
+                compression=self.options.compression, source_date_epoch=self.options.source_date_epoch,
+                idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv())
+            nsworker.write_frame(self._proc.stdin, cfg)
+            first = nsworker.read_frame(self._proc.stdout)
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(first, nsworker.Failure):
+            self.close()
+            raise _error(first)
+        if not isinstance(first, nsworker.Reply):
+            tail = self._log_tail()
+            self.close()
+            raise SandboxError(f"sandbox worker failed to start: {tail}")
+        self.snapshotter_name = str(first.value)
+        self._reader = threading.Thread(target=self._read_loop, name="pybuild-sandbox-reader", daemon=True)
+        self._reader.start()
+
+    def close(self) -> None:
+        """Stop the worker: running steps are killed, temp dirs removed. Idempotent."""
+        p, self._proc = self._proc, None
+        if p is not None:
+            try:
+                assert p.stdin is not None
+                p.stdin.close()
+            except OSError:
+                pass
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+        if self._cancel_w >= 0:
+            os.close(self._cancel_w)
+            self._cancel_w = -1
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cancel(self) -> None:
+        """Kill every running step now; later requests fail with BuildCancelled.
+        Async-signal-safe enough for a Python signal handler (one os.write)."""
+        try:
+            os.write(self._cancel_w, b"c")
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ public operations
+    def run_exec(self, *, base: Chain, op: ExecOp, mount_sources: Mapping[int, Source],
+                 secrets: Mapping[str, bytes], output: Callable[[bytes], None] | None = None) -> LayerRef | None:
+        """Run `op` over `base`; stream its stdout+stderr to `output`; return the new layer (its
+        blob in the store, its snapshot installed) or None when the step changed nothing.
+        Raises ExecError on a non-zero exit, IdMappingError when the user needs unmapped ids."""
+        return self._call("run_exec", dict(base=tuple(base), op=op, mount_sources=dict(mount_sources),
+                                           secrets=dict(secrets), stream=output is not None), output)
+
+    def run_file(self, *, base: Chain, op: FileOp, sources: Mapping[int, Source]) -> LayerRef | None:
+        """Apply a file op over `base` (sources: Copy.src → HostDir or ChainSource); the new layer
+        or None when nothing changed."""
+        return self._call("run_file", dict(base=tuple(base), op=op, sources=dict(sources)), None)
+
+    def export_rootfs(self, *, chain: Chain, dest_dir: Path | None = None, dest_tar: BinaryIO | None = None) -> None:
+        """Write the merged root filesystem of `chain` into `dest_dir` (files owned by the
+        invoking user) and/or as a deterministic tar (in-image owners) into `dest_tar`
+        (not closed)."""
+        sink = dest_tar.write if dest_tar is not None else None
+        self._call("export_rootfs", dict(chain=tuple(chain), dest_dir=str(dest_dir) if dest_dir is not None else None,
+                                         tar=dest_tar is not None), sink)
+
+    def prune_snapshots(self) -> None:
+        """Delete every snapshot of this root (inside the namespace; the store is untouched)."""
+        self._call("prune", {}, None)
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, method: str, kwargs: dict[str, Any], on_chunk: Callable[[bytes], None] | None) -> Any:
+        p = self._proc
+        if p is None or self._dead is not None:
+            raise SandboxError(f"sandbox worker is not running{': ' + self._dead if self._dead else ''}")
+        pend = _Pending(on_chunk)
+        with self._plock:
+            rid = self._next_id
+            self._next_id += 1
+            self._pending[rid] = pend
+        try:
+            with self._send_lock:
+                assert p.stdin is not None
+                nsworker.write_frame(p.stdin, nsworker.Request(id=rid, method=method, kwargs=kwargs))
+        except OSError as e:
+            with self._plock:
+                self._pending.pop(rid, None)
+            raise SandboxError(f"sandbox worker is gone: {e}") from e
+        pend.event.wait()
+        if pend.failure is not None:
+            raise _error(pend.failure)
+        return pend.value
+
+    def _read_loop(self) -> None:
+        p = self._proc
+        assert p is not None and p.stdout is not None
+        out = p.stdout
+        try:
+            while True:
+                msg = nsworker.read_frame(out)
+                if msg is None:
+                    break
+                self._dispatch(msg)
+        except (OSError, ValueError, EOFError) as e:
+            self._dead = f"protocol error: {e}"
+        self._dead = self._dead or f"sandbox worker exited: {self._log_tail()}"
+        with self._plock:
+            pending, self._pending = self._pending, {}
+        for pend in pending.values():
+            pend.failure = nsworker.Failure(id=0, kind="SandboxError", message=self._dead)
+            pend.event.set()
+
+    def _dispatch(self, msg: object) -> None:
+        if isinstance(msg, nsworker.Chunk):
+            pend = self._pending.get(msg.id)
+            if pend is not None and pend.on_chunk is not None:
+                pend.on_chunk(msg.data)
+            return
+        if isinstance(msg, (nsworker.Reply, nsworker.Failure)):
+            with self._plock:
+                pend = self._pending.pop(msg.id, None)
+            if pend is None:
+                return
+            if isinstance(msg, nsworker.Reply):
+                pend.value = msg.value
+            else:
+                pend.failure = msg
+            pend.event.set()
+
+    def _log_tail(self) -> str:
+        if self._log is None:
+            return ""
+        try:
+            self._log.seek(0, os.SEEK_END)
+            n = self._log.tell()
+            self._log.seek(max(0, n - 4000))
+            return self._log.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+
+def _error(f: nsworker.Failure) -> errors.PybuildError:
+    """Rebuild the typed error a worker reported."""
+    if f.kind == "ExecError":
+        return ExecError(f.message, exit_code=f.exit_code, output_tail=f.output_tail)
+    if f.kind == "BuildCancelled":
+        return BuildCancelled(f.message)
+    cls = getattr(errors, f.kind, None)
+    if isinstance(cls, type) and issubclass(cls, errors.PybuildError):
+        try:
+            return cls(f.message)
+        except TypeError:
+            pass
+    return SandboxError(f.message)
