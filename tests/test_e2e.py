@@ -49,8 +49,16 @@ def skopeo_inspect(tar: Path) -> dict:
 def umoci_unpack(tar: Path, dest: Path) -> Path:
     lay = dest / "layout"
     lay.mkdir(parents=True)
-    with tarfile.open(tar) as tf:
-        tf.extractall(lay, filter="data")
+    with tarfile.open(tar) as tf:          # an OCI layout holds only plain files and dirs
+        for m in tf.getmembers():
+            target = lay / m.name.lstrip("./")
+            assert ".." not in Path(m.name).parts
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif m.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tf.extractfile(m) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
     idx = json.loads((lay / "index.json").read_text())
     tag = (idx["manifests"][0].get("annotations") or {}).get("org.opencontainers.image.ref.name")
     if not tag:
