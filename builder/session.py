@@ -206,7 +206,10 @@ class BuildSession:
 
     def _worker_factory(self) -> Any:
         from .sandbox import SandboxOptions, Worker
-        comp = next((o.compression for o in self.req.outputs if o.type == "oci"), "gzip")
+        # Layers are written in the first OCI output's compression (one pass: tar, compress, hash).
+        # Builds that export no OCI tar keep layers uncompressed: BuildKit's image store and
+        # rootfs outputs do not compress either, and a later OCI export compresses them once.
+        comp = next((o.compression for o in self.req.outputs if o.type == "oci"), "uncompressed")
         return Worker(self.store, SandboxOptions(root=self.root, snapshotter=self.req.snapshotter,
                                                  compression=comp, source_date_epoch=self.req.source_date_epoch))
 
