@@ -102,3 +102,39 @@ class CacheIndex:
             if r is not None:
                 out.append(r)
         return out
+
+
+class MissExplainer:
+    """Remembers the last cache map seen for each step name, so a miss can say *why*: the
+    instruction changed, an input step changed, or the files a COPY selects changed. Best effort:
+    one small file per step name, overwritten atomically; a lost file only loses the reason."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = Path(root) / "cache" / "why"
+
+    def _path(self, name: str) -> Path:
+        return self.dir / hashlib.sha256(name.encode()).hexdigest()
+
+    def remember(self, name: str, cm: CacheMap) -> None:
+        if not name:
+            return
+        payload = {"op": cm.digest, "deps": [[d.key, list(d.selector), d.content] for d in cm.deps]}
+        atomic_write(self._path(name), canonical_json(payload))
+
+    def explain(self, name: str, cm: CacheMap) -> str:
+        try:
+            prev = json.loads(self._path(name).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return "not built before"
+        if prev.get("op") != cm.digest:
+            return "the instruction or its options changed"
+        old = prev.get("deps") or []
+        if len(old) != len(cm.deps):
+            return "its inputs changed"
+        for i, (o, d) in enumerate(zip(old, cm.deps)):
+            if o[1:] == [list(d.selector), d.content] and o[0] == d.key:
+                continue
+            if d.content and o[2] != d.content:
+                return f"the files it uses changed ({', '.join(d.selector)})"
+            return "the previous step changed" if i == 0 else f"input {i} changed"
+        return "the cache record is gone (pruned or built elsewhere)"

@@ -42,8 +42,9 @@ def null_sink(_: Event) -> None:
 class PlainRenderer:
     """BuildKit's `--progress=plain` look: `#N [stage 1/2] RUN ...`, `#N CACHED`, `#N DONE 0.2s`."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, show_misses: bool = True) -> None:
         self._out = out or sys.stderr
+        self._verbose_misses = show_misses
         self._ids: dict[str, int] = {}
         self._start: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -66,6 +67,8 @@ class PlainRenderer:
                 if ev.status == "started":
                     self._start[ev.vertex] = ev.time
                     self._out.write(f"#{n} {ev.name}\n")
+                    if ev.reason and self._verbose_misses:
+                        self._out.write(f"#{n} cache miss: {ev.reason}\n")
                 elif ev.status == "cached":
                     self._out.write(f"#{n} {ev.name}\n#{n} CACHED\n")
                 elif ev.status == "done":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Union
 
-from .cache import CacheDep, CacheIndex, CacheMap, CacheRecord, cache_key, op_digest
+from .cache import CacheDep, CacheIndex, CacheMap, CacheRecord, MissExplainer, cache_key, op_digest
 from .errors import BuildCancelled, PybuildError, StepError
 from .graph import BuildGraph, Vertex
 from .image import Chain, ChainSource, HostDir, LayerRef, Source
@@ -83,6 +83,7 @@ class Solver:
                  make_dir: DirMaker, checksum: Checksummer, options: SolveOptions) -> None:
         self._store = store
         self._cache = cache
+        self._why = MissExplainer(cache.dir.parent)
         self._worker = worker
         self._load_image = load_image
         self._make_dir = make_dir
@@ -193,7 +194,8 @@ class Solver:
         base = inputs[0]
         if not isinstance(base, RootfsResult):
             raise PybuildError(f"{v.name}: input 0 is not a root filesystem")
-        key = cache_key(self._cache_map(v, own, inputs))
+        cm = self._cache_map(v, own, inputs)
+        key = cache_key(cm)
         if not self._opts.no_cache:
             rec = self._cache.get(key)
             if rec is not None and (rec.layer is None or self._store.has(rec.layer.descriptor.digest)):
@@ -201,7 +203,9 @@ class Solver:
                 with self._lock:
                     self.steps[v.digest] = StepInfo(created=rec.created, layer=rec.layer, cached=True)
                 return RootfsResult(key=key, chain=base.chain + ((rec.layer,) if rec.layer else ()))
-        self._event(v, "started")
+        reason = "--no-cache" if self._opts.no_cache else self._why.explain(v.name, cm)
+        self._why.remember(v.name, cm)
+        self._opts.progress(VertexEvent(vertex=v.digest, name=v.name, status="started", reason=reason))
         created = rfc3339(self._opts.clock())
         sources: dict[int, Source] = {}
         for idx, r in enumerate(inputs[1:], start=1):

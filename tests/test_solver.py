@@ -137,3 +137,19 @@ def test_proxy_env_is_not_in_cache_keys(env):
     assert len(w.calls) == 1
     make_solver(env, w).solve(g(("A2=changed",)))
     assert len(w.calls) == 2
+
+
+def test_a_miss_says_why(env):
+    from builder.progress import VertexEvent
+    events = []
+    w = FakeWorker(ContentStore(env / "root"))
+    make_solver(env, w, progress=events.append).solve(graph())
+    (env / "ctx" / "a.txt").write_text("changed")
+    events.clear()
+    make_solver(env, w, progress=events.append).solve(graph())
+    reasons = {e.name: e.reason for e in events if isinstance(e, VertexEvent) and e.status == "started"}
+    assert reasons == {"COPY": "the files it uses changed (a.txt)", "RUN": "the previous step changed"}
+    events.clear()
+    make_solver(env, w, progress=events.append).solve(graph(run_args=("echo", "other")))
+    reasons = {e.name: e.reason for e in events if isinstance(e, VertexEvent) and e.status == "started"}
+    assert reasons == {"RUN": "the instruction or its options changed"}
