@@ -79,8 +79,77 @@ class PlainRenderer:
             self._out.flush()
 
 
+class TtyRenderer:
+    """BuildKit's tty look: a `[+] Building 1.2s (3/5)` header and one line per step, redrawn in
+    place with ANSI cursor movement (at most every 100 ms; finished builds draw a final frame).
+    The log lines of a running step are shown under it (the last few only)."""
+
+    TAIL = 5
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._t0 = time.monotonic()
+        self._order: list[str] = []
+        self._rows: dict[str, dict] = {}
+        self._drawn = 0
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, ev: Event) -> None:
+        with self._lock:
+            if isinstance(ev, MessageEvent):
+                self._clear()
+                self._out.write(ev.text + "\n")
+            elif isinstance(ev, LogEvent):
+                row = self._row(ev.vertex, ev.name)
+                row["log"] = (row["log"] + ev.data.decode(errors="replace").splitlines())[-self.TAIL:]
+            else:
+                row = self._row(ev.vertex, ev.name)
+                if ev.status == "started":
+                    row["start"] = ev.time
+                elif ev.status in ("done", "cached", "error"):
+                    row["end"] = ev.time
+                    row["state"] = ev.status
+                    row["log"] = [] if ev.status != "error" else row["log"]
+            now = time.monotonic()
+            finished = bool(self._rows) and all("end" in r for r in self._rows.values())
+            if finished or now - self._last >= 0.1:
+                self._draw(now)
+
+    def _row(self, vertex: str, name: str) -> dict:
+        if vertex not in self._rows:
+            self._order.append(vertex)
+            self._rows[vertex] = {"name": name, "start": time.monotonic(), "log": []}
+        return self._rows[vertex]
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self._out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self, now: float) -> None:
+        self._clear()
+        done = sum(1 for r in self._rows.values() if "end" in r)
+        lines = [f"[+] Building {now - self._t0:.1f}s ({done}/{len(self._rows)})"]
+        for v in self._order:
+            r = self._rows[v]
+            state = r.get("state")
+            dt = r.get("end", now) - r["start"]
+            tail = "CACHED" if state == "cached" else ("ERROR" if state == "error" else f"{dt:.1f}s")
+            lines.append(f" => {r['name'][:100]:<100} {tail}")
+            lines += [f" => => {l[:120]}" for l in r["log"]]
+        self._out.write("\n".join(lines) + "\n")
+        self._out.flush()
+        self._drawn = len(lines)
+        self._last = now
+
+
 def renderer_for(mode: str, out: TextIO | None = None) -> ProgressSink:
-    """auto/tty/plain all render plain lines for now (tty redraw is a later feature); quiet: none."""
+    """plain: BuildKit's plain lines; tty: the redrawn view; auto: tty when `out` is a terminal;
+    quiet: nothing."""
+    out = out or sys.stderr
     if mode == "quiet":
         return null_sink
+    if mode == "tty" or (mode == "auto" and out.isatty()):
+        return TtyRenderer(out)
     return PlainRenderer(out)
