@@ -210,3 +210,21 @@ def test_unprivileged_user_builds_example_and_user_steps(pybuild, workdir, base_
     with tarfile.open(o2) as tf:
         m = [m for m in tf.getmembers() if m.name.lstrip("./") == "tmp/uid"][0]
         assert tf.extractfile(m).read() == b"1000\n" and m.uid == 1000
+
+
+def test_two_builds_share_one_store_at_once(workdir, base_image):
+    """Two pybuild processes on one PYBUILD_ROOT, same base and overlapping steps."""
+    root = workdir / "shared-root"
+    procs = []
+    for i in range(2):
+        ctx = make_context(workdir / f"c{i}", {"Dockerfile": f"FROM {base_image}\nRUN echo common > /c\n"
+                                                            f"RUN echo {i} > /n\n"})
+        procs.append(subprocess.Popen(pybuild_cmd() + ["build", str(ctx), "-o", f"type=oci,dest={workdir}/o{i}.tar"],
+                                      env={**os.environ, "PYBUILD_ROOT": str(root)},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    imgs = [validate_image(workdir / f"o{i}.tar") for i in range(2)]
+    assert imgs[0]["digest"] != imgs[1]["digest"]
+    assert list((root / "ingest").iterdir()) == []
