@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from .compression import Compressor, open_uncompressed
 from .digest import Digest
 from .image import Chain, LayerRef
 from .oci import Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
@@ -44,45 +45,6 @@ def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig) -> Bu
 
 # ---------------------------------------------------------------------- recompression
 
-def _decompressor(f: BinaryIO, compression: str) -> BinaryIO:
-    if compression == "gzip":
-        try:
-            from isal import igzip as gz  # type: ignore[import-not-found]
-        except ImportError:  # pragma: no cover
-            import gzip as gz  # type: ignore[no-redef]
-        return gz.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    if compression == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
-    return f
-
-
-class _Compressor:
-    """Pinned codec settings (reproducible digests): gzip level 6 with an empty header (mtime 0,
-    no name); zstd level 3 with threads pinned to 1 (threads=0 and >=1 produce different bytes)."""
-
-    def __init__(self, sink: BinaryIO, compression: str) -> None:
-        self._c = compression
-        if compression == "gzip":
-            try:
-                from isal import igzip as gz  # type: ignore[import-not-found]
-            except ImportError:  # pragma: no cover
-                import gzip as gz  # type: ignore[no-redef]
-            self._w = gz.GzipFile(filename="", fileobj=sink, mode="wb", compresslevel=6 if gz.__name__ == "gzip" else 2, mtime=0)
-        elif compression == "zstd":
-            import zstandard
-            self._w = zstandard.ZstdCompressor(level=3, threads=1).stream_writer(sink, closefd=False)
-        else:
-            self._w = sink
-
-    def write(self, b: bytes) -> None:
-        self._w.write(b)
-
-    def close(self) -> None:
-        if self._c != "uncompressed":
-            self._w.close()
-
-
 def recompress(store: ContentStore, layer: LayerRef, compression: str) -> LayerRef:
     """The same layer (same diff_id) with another compression, stored once and remembered."""
     if MediaType.compression(layer.descriptor.media_type) == compression:
@@ -94,10 +56,9 @@ def recompress(store: ContentStore, layer: LayerRef, compression: str) -> LayerR
             return LayerRef(descriptor=desc, diff_id=layer.diff_id)
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    src_comp = MediaType.compression(layer.descriptor.media_type)
     with store.open(layer.descriptor.digest) as raw, store.writer() as w:
-        src = _decompressor(raw, src_comp)
-        c = _Compressor(w, compression)  # type: ignore[arg-type]
+        src = open_uncompressed(raw)
+        c = Compressor(w, compression)  # type: ignore[arg-type]
         while True:
             b = src.read(CHUNK)
             if not b:

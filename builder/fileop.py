@@ -37,8 +37,9 @@ from typing import Callable, Mapping
 
 from . import ops
 from .errors import IdMappingError, SourceError
-from .layers import (CHUNK, ID_MAPPING_HINT, apply_layer, detect_compression, open_uncompressed,
-                     remove_path, resolve_in_root)
+from .compression import detect_compression, open_uncompressed
+from .layerapply import apply_layer
+from .layers import CHUNK, ID_MAPPING_HINT, remove_path, resolve_in_root
 from .pathmatch import PathMatcher
 
 __all__ = ["SourceDir", "SourceMatch", "apply_file_op", "resolve_sources", "resolve_chown",

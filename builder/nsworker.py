@@ -429,7 +429,8 @@ def _run_file(server: _Server, rid: int, *, base: Any, op: Any, sources: Any) ->
 def _export_rootfs(server: _Server, rid: int, *, chain: Any, dest_dir: str | None, tar: bool) -> None:
     import contextlib
 
-    from .layers import tree_changes, write_layer
+    from .layerdiff import tree_changes
+    from .layers import write_layer
     from .snapshot import copy_tree
     with contextlib.ExitStack() as stack:
         sd = _step_dir(server, stack)

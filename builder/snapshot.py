@@ -31,7 +31,10 @@ from typing import Iterator, Literal
 
 from .errors import SandboxError
 from .image import Chain, chain_id
-from .layers import Change, apply_layer, open_uncompressed, overlay_changes, tree_changes
+from .compression import open_uncompressed
+from .layerapply import apply_layer
+from .layerdiff import overlay_changes, tree_changes
+from .layers import Change
 from .store import ContentStore, file_lock
 
 MAX_LOWERS = 35

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder import layers
+from builder import compression
 from builder.errors import IdMappingError, LayerError
-from builder.layers import (Change, apply_layer, open_uncompressed, overlay_changes, tree_changes,
-                            write_layer)
+from builder.compression import open_uncompressed
+from builder.layerapply import apply_layer
+from builder.layerdiff import overlay_changes, tree_changes
+from builder.layers import Change, write_layer
 
 NONUTF8 = os.fsdecode(b"caf\xe9-\xff")
 LONG = "d" * 120 + "/" + "f" * 140
@@ -138,7 +140,7 @@ def test_deterministic_and_pinned_headers(tree: Path, monkeypatch: pytest.Monkey
     # zstd output is the same for any worker-thread count >= 1
     outs = set()
     for threads in (1, 4):
-        monkeypatch.setattr(layers, "ZSTD_THREADS", threads)
+        monkeypatch.setattr(compression, "ZSTD_THREADS", threads)
         z = io.BytesIO()
         write_layer(tree, changes, z, compression="zstd")
         outs.add(z.getvalue())
@@ -357,7 +359,7 @@ def test_unmapped_owner_raises_id_mapping_error(tmp_path: Path) -> None:
         tf.addfile(ti, io.BytesIO(b""))
     dest = tmp_path / "d"
     dest.mkdir()
-    code = ("import sys; from pathlib import Path; from builder.layers import apply_layer\n"
+    code = ("import sys; from pathlib import Path; from builder.layerapply import apply_layer\n"
             "from builder.errors import IdMappingError\n"
             f"try:\n apply_layer(open({str(tar)!r}, 'rb'), Path({str(dest)!r}), whiteouts='delete')\n"
             "except IdMappingError as e:\n print('IDMAP', e); sys.exit(3)\n")
@@ -379,43 +381,9 @@ def test_device_nodes_skipped_in_user_namespace(tmp_path: Path) -> None:
         tf.addfile(tarfile.TarInfo("after"), io.BytesIO(b""))
     dest = tmp_path / "d"
     dest.mkdir()
-    code = ("from pathlib import Path; from builder.layers import apply_layer\n"
+    code = ("from pathlib import Path; from builder.layerapply import apply_layer\n"
             f"apply_layer(open({str(tar)!r}, 'rb'), Path({str(dest)!r}), whiteouts='overlay')\n")
     subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parent.parent)
     assert sorted(os.listdir(dest)) == ["after", "wh"]
     assert os.lstat(dest / "wh").st_rdev == 0
-
-
-@pytest.mark.skipif(not _unshare_ok(), reason="user namespaces unavailable")
-def test_repair_overlay_hardlinks_after_chmod_through_one_link(tmp_path: Path) -> None:
-    """Conformance case hardlinks-run: `chmod 600 /h2` must change h1 and links/h3 too."""
-    from builder.layers import repair_overlay_hardlinks
-    l1, l2, upper, work, merged = (tmp_path / n for n in ("L1", "L2", "U", "W", "M"))
-    for d in (l1, l2, upper, work, merged):
-        d.mkdir()
-    (l1 / "links").mkdir()
-    (l1 / "h1").write_text("shared\n")
-    os.link(l1 / "h1", l1 / "h2")
-    os.link(l1 / "h1", l1 / "links/h3")
-    os.link(l1 / "h1", l1 / "gone")
-    (l2 / "gone").write_text("shadowing file in a higher layer\n")
-    (l1 / "u").write_text("unrelated\n")
-    os.link(l1 / "u", l1 / "u2")
-    script = (f"mount -t overlay overlay -o lowerdir={l2}:{l1},upperdir={upper},workdir={work},userxattr {merged}"
-              f" && chmod 600 {merged}/h2 && rm {merged}/u && echo new >> {merged}/u2")
-    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], check=True)
-    assert repair_overlay_hardlinks(upper, [l2, l1]) == 2
-    got = [(c.kind, c.path) for c in overlay_changes(upper)]
-    assert got == [("add", "h1"), ("add", "h2"), ("add", "links"), ("add", "links/h3"),
-                   ("delete", "u"), ("add", "u2")]
-    assert os.lstat(upper / "links").st_mtime_ns == os.lstat(l1 / "links").st_mtime_ns
-    sink = io.BytesIO()
-    write_layer(upper, overlay_changes(upper), sink, compression="uncompressed")
-    full = tmp_path / "full"
-    subprocess.run(["cp", "-a", str(l1), str(full)], check=True)
-    sink.seek(0)
-    apply_layer(sink, full, whiteouts="delete")
-    inos = {os.lstat(full / p).st_ino for p in ("h1", "h2", "links/h3")}
-    assert len(inos) == 1 and stat.S_IMODE(os.lstat(full / "h1").st_mode) == 0o600
-    assert (full / "u2").read_text() == "unrelated\nnew\n" and not (full / "u").exists()

@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from builder.errors import BuildCancelled, ExecError, SandboxError  # noqa: E402
 from builder.image import ChainSource, HostDir, LayerRef  # noqa: E402
-from builder.layers import tree_changes, write_layer  # noqa: E402
+from builder.layerdiff import tree_changes  # noqa: E402
+from builder.layers import write_layer  # noqa: E402
 from builder.oci import Descriptor, MediaType  # noqa: E402
 from builder.ops import Copy, ExecOp, FileOp, Mkfile, Mount  # noqa: E402
 from builder.sandbox import SandboxOptions, Worker  # noqa: E402

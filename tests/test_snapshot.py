@@ -16,7 +16,8 @@ sys.path.insert(0, str(REPO))
 
 from builder.digest import Digest  # noqa: E402
 from builder.image import LayerRef, chain_id  # noqa: E402
-from builder.layers import tree_changes, write_layer  # noqa: E402
+from builder.layerdiff import tree_changes  # noqa: E402
+from builder.layers import write_layer  # noqa: E402
 from builder.oci import Descriptor, MediaType  # noqa: E402
 from builder.snapshot import (MAX_LOWERS, NativeSnapshotter, OverlaySnapshotter, copy_tree,  # noqa: E402
                               remove_tree)
