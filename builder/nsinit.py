@@ -168,17 +168,18 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(spec: str) -> tuple[int, int, list[int]]:
-    """(uid, gid, supplementary gids) for a USER spec, read from /etc/passwd and /etc/group of the
-    current root (runc semantics: uid:gid numeric → no lookup; groups of the user only when no
-    group is given; the primary gid is not repeated)."""
+def resolve_user(spec: str) -> tuple[int, int, list[int], str]:
+    """(uid, gid, supplementary gids, home) for a USER spec, read from /etc/passwd and /etc/group
+    of the current root (runc semantics: uid:gid numeric → no group lookup; groups of the user only
+    when no group is given; the primary gid is not repeated; home "/" for a user not in passwd)."""
     user, _, group = (spec or "0").partition(":")
-    if user.isdigit() and group.isdigit():
-        return int(user), int(group), []
     passwd = [p for p in _read_db("/etc/passwd") if len(p) >= 4]
     match = next((p for p in passwd if p[0] == user), None)
     if match is None and user.isdigit():
         match = next((p for p in passwd if p[2] == user), None)
+    home = match[5] if match is not None and len(match) >= 6 and match[5] else "/"
+    if user.isdigit() and group.isdigit():
+        return int(user), int(group), [], home
     if match is None:
         if not user.isdigit():
             raise SetupError("user", f"unable to find user {user}: no matching entries in passwd file")
@@ -189,9 +190,9 @@ def resolve_user(spec: str) -> tuple[int, int, list[int]]:
     if group:
         g = next((g for g in groups if g[0] == group), None)
         if g is not None:
-            return uid, int(g[2]), []
+            return uid, int(g[2]), [], home
         if group.isdigit():
-            return uid, int(group), []
+            return uid, int(group), [], home
         raise SetupError("user", f"unable to find group {group}: no matching entries in group file")
     sgids: list[int] = []
     if name is not None:
@@ -199,7 +200,19 @@ def resolve_user(spec: str) -> tuple[int, int, list[int]]:
             members = g[3].split(",") if len(g) >= 4 else []
             if name in members and g[2].isdigit() and int(g[2]) != gid and int(g[2]) not in sgids:
                 sgids.append(int(g[2]))
-    return uid, gid, sgids
+    return uid, gid, sgids, home
+
+
+def find_executable(name: str, path: str) -> str | None:
+    """execvp's PATH search, done by hand: os.execvpe imports modules lazily, which fails after
+    pivot_root in this -S interpreter."""
+    if "/" in name:
+        return name
+    for d in (path or "").split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
 
 
 # ------------------------------------------------------------------ setup
@@ -299,7 +312,7 @@ def enter_root(root: str) -> None:
 
 def run_command(spec: dict, idmap_size: int, setgroups_ok: bool) -> int:
     """Resolve the user, fork the command, reap until it exits; return the exit status."""
-    uid, gid, sgids = resolve_user(spec.get("user", ""))
+    uid, gid, sgids, home = resolve_user(spec.get("user", ""))
     bad = sorted({i for i in (uid, gid, *sgids) if not 0 <= i < idmap_size})
     if bad or (sgids and not setgroups_ok):
         raise SetupError("idmap", f"user {spec.get('user') or 'root'!r} needs id(s) "
@@ -320,7 +333,11 @@ def run_command(spec: dict, idmap_size: int, setgroups_ok: bool) -> int:
             os.setresuid(uid, uid, uid)
             os.chdir(cwd)
             env = dict(e.split("=", 1) if "=" in e else (e, "") for e in spec["env"])
-            os.execvpe(spec["args"][0], spec["args"], env)
+            env.setdefault("HOME", home)       # as runc/BuildKit: from passwd when the image has none
+            exe = find_executable(spec["args"][0], env.get("PATH", ""))
+            if exe is None:
+                raise FileNotFoundError(errno.ENOENT, "executable file not found in $PATH")
+            os.execve(exe, spec["args"], env)
         except OSError as e:
             os.write(2, f"pybuild: exec {spec['args'][0]}: {e.strerror}\n".encode())
             os._exit(127 if e.errno == errno.ENOENT else 126)
