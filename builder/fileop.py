@@ -430,7 +430,10 @@ def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceD
         _mkdir_all(root, dst, 0o755, dirs_owner)
         target = _parents_dirs(root, cp, src, m, dst)
     elif stat.S_ISDIR(st.st_mode):
-        _mkdir_all(root, dst if dest_slash else dst.parent, 0o755, dirs_owner)
+        # A directory's contents are copied; a destination it creates is a new 0755 directory
+        # owned by --chown or root, never a copy of the source directory's own metadata.
+        new_dest = dest_slash or not os.path.lexists(dst)
+        _mkdir_all(root, dst if new_dest else dst.parent, 0o755, dirs_owner)
         cp.copy_dir(m.host, st, dst, "", m.rel, noop, top=True)
         return
     elif a.unpack and stat.S_ISREG(st.st_mode) and _is_archive(m.host):
