@@ -40,7 +40,7 @@ from .errors import IdMappingError, SourceError
 from .compression import detect_compression, open_uncompressed
 from .layerapply import apply_layer
 from .layers import CHUNK, ID_MAPPING_HINT, remove_path, resolve_in_root
-from .pathmatch import PathMatcher
+from .pathmatch import PathMatcher, glob_match
 
 __all__ = ["SourceDir", "SourceMatch", "apply_file_op", "resolve_sources", "resolve_chown",
            "has_wildcards"]
@@ -86,11 +86,6 @@ def _split_pivot(pattern: str) -> tuple[list[str], list[str]]:
     return clean(base), [c for c in rest if c not in ("", ".")]
 
 
-def _fnmatch(name: str, pat: str) -> bool:
-    import fnmatch
-    return fnmatch.fnmatchcase(name, pat.replace("[^", "[!"))
-
-
 def resolve_sources(src_root: Path, pattern: str, *, follow_symlinks: bool = True,
                     allow_wildcard: bool = True, ignore: PathMatcher | None = None) -> list[SourceMatch]:
     """Expand one COPY source pattern inside `src_root`, sorted. Entries excluded by `ignore`
@@ -114,7 +109,7 @@ def resolve_sources(src_root: Path, pattern: str, *, follow_symlinks: bool = Tru
                     names = sorted(os.listdir(resolve_in_root(src_root, rel)))
                 except (FileNotFoundError, NotADirectoryError):
                     continue
-                cands = [n for n in names if _fnmatch(n, comp)]
+                cands = [n for n in names if glob_match(n, comp)]
             else:
                 cands = [comp]
             for n in cands:

@@ -12,7 +12,7 @@ Contract (same as moby/patternmatcher `MatchesOrParentMatches`):
 """
 from __future__ import annotations
 
-import fnmatch
+import functools
 import posixpath
 import re
 from dataclasses import dataclass
@@ -71,17 +71,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
             if i < n:
                 out.append(re.escape(pattern[i]))
         elif ch == "[":
-            j = pattern.find("]", i + 2 if i + 1 < n and pattern[i + 1] in "!^" else i + 1)
-            if j < 0:
-                out.append(re.escape(ch))
-            else:
-                body = pattern[i + 1:j]
-                if body[:1] in ("!", "^"):
-                    body = "^" + body[1:].replace("\\", "\\\\")
-                else:
-                    body = body.replace("\\", "\\\\")
-                out.append("[" + body + "]")
-                i = j
+            i = _class(pattern, i, out)
         else:
             out.append(re.escape(ch))
         i += 1
@@ -168,6 +158,50 @@ def _prefix_may_match(pparts: tuple[str, ...], dparts: list[str]) -> bool:
 
 
 def _component_match(name: str, pat: str) -> bool:
+    return glob_match(name, pat)
+
+
+def _class(pattern: str, i: int, out: list[str]) -> int:
+    """Translate the character class starting at pattern[i] == "[" (Go's filepath.Match: only
+    "^" negates; "[!a]" is the class of "!" and "a"); return the index of its "]"."""
+    n = len(pattern)
+    j = pattern.find("]", i + 2 if i + 1 < n and pattern[i + 1] == "^" else i + 1)
+    if j < 0:
+        out.append(re.escape("["))
+        return i
+    body = pattern[i + 1:j]
+    neg = body.startswith("^")
+    if neg:
+        body = body[1:]
+    body = body.replace("\\", "\\\\").replace("[", "\\[")
+    out.append("[" + ("^" if neg else "") + body + "]")
+    return j
+
+
+@functools.lru_cache(maxsize=4096)
+def _component_regex(pat: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i, n = 0, len(pat)
+    while i < n:
+        ch = pat[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pat[i]))
+        elif ch == "[":
+            i = _class(pat, i, out)
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def glob_match(name: str, pat: str) -> bool:
+    """One path component against one glob component, with Go's filepath.Match semantics (what
+    BuildKit uses for COPY sources and .dockerignore): `*`, `?`, `[a-z]`, `[^a]`, `\\` escapes."""
     if not any(c in pat for c in "*?[\\"):
         return name == pat
-    return fnmatch.fnmatchcase(name, pat.replace("\\", ""))
+    return _component_regex(pat).match(name) is not None

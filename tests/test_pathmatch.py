@@ -28,8 +28,10 @@ CASES = [
     (["a?c"], "abc", True),
     (["a?c"], "a/c", False),
     (["[ab]1.txt"], "b1.txt", True),
-    (["[!ab]1.txt"], "a1.txt", False),
-    (["[!ab]1.txt"], "c1.txt", True),
+    # Go's filepath.Match (BuildKit): only "^" negates; "[!ab]" is the class of "!", "a" and "b"
+    (["[!ab]1.txt"], "a1.txt", True),
+    (["[!ab]1.txt"], "!1.txt", True),
+    (["[!ab]1.txt"], "c1.txt", False),
     (["[^ab]1.txt"], "c1.txt", True),
     (["a.b"], "axb", False),                      # "." is literal
     (["a+b(c)"], "a+b(c)", True),
