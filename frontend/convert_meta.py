@@ -24,6 +24,7 @@ def _env(st: StageState, c: I.Env) -> None:
     cfg = st.config
     for k, v in pairs:
         cfg = cfg.with_env(k, v)
+        st.arg_overrides.pop(k, None)
     st.config = cfg
     st.record("ENV " + " ".join(f"{k}={v}" for k, v in pairs))
 
@@ -42,6 +43,10 @@ def _arg(st: StageState, c: I.Arg) -> None:
             value = None
         st.args.pop(key, None)
         st.args[key] = value
+        if value is not None and key in st.config.env_dict():
+            # BuildKit 20.10: an ARG declared after an ENV of the same name wins for expansion
+            # and RUN, while the image config keeps the ENV value.
+            st.arg_overrides[key] = value
         parts.append(key if default is None else f"{key}={st.expand(c, default)}")
     st.record("ARG " + " ".join(parts))
 
@@ -55,8 +60,12 @@ def _label(st: StageState, c: I.Label) -> None:
 
 
 def _workdir(st: StageState, c: I.Workdir) -> None:
-    wd = st.resolve_path(st.expand(c, c.path))
+    raw = st.expand(c, c.path)
+    # BuildKit keeps an absolute WORKDIR as written (a trailing "/" included) and joins and
+    # cleans a relative one; the directory it creates is the cleaned path either way.
+    wd = raw if raw.startswith("/") else st.resolve_path(raw)
     st.set_config(working_dir=wd)
+    wd = st.resolve_path(wd)
     if wd == "/":
         st.record(f"WORKDIR {wd}")
         return

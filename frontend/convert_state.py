@@ -47,6 +47,7 @@ class StageState:
     meta_args: Mapping[str, str | None]
     escape: str = "\\"
     args: dict[str, str | None] = field(default_factory=dict)     # stage ARGs, declaration order
+    arg_overrides: dict[str, str] = field(default_factory=dict)   # ARGs declared after a same-named ENV
     history: list[HistoryStep] = field(default_factory=list)
     base_history: tuple = ()
     author: str = ""
@@ -81,9 +82,11 @@ class StageState:
         return self.config.shell or DEFAULT_SHELL
 
     def expansion_env(self) -> dict[str, str]:
-        """ARGs in scope, overridden by ENV (ENV wins over an ARG of the same name)."""
+        """ARGs in scope, overridden by ENV (an ENV wins over an earlier ARG of the same name; an
+        ARG with a value declared after the ENV wins over it)."""
         env = {k: v for k, v in self.args.items() if v is not None}
         env.update(self.config.env_dict())
+        env.update(self.arg_overrides)
         return env
 
     def expand(self, ins: Instruction, word: str, *, skip_quotes: bool = False) -> str:
@@ -100,7 +103,8 @@ class StageState:
 
     def run_env(self) -> tuple[str, ...]:
         """Env of a RUN: image Env, then ARGs not shadowed by it, proxy build args, default PATH."""
-        env = list(self.config.env)
+        env = [f"{k}={self.arg_overrides[k]}" if k in self.arg_overrides else e
+               for e in self.config.env for k in (e.partition("=")[0],)]
         names = set(self.config.env_dict())
         for k, v in self.args.items():
             if v is not None and k not in names:

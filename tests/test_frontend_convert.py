@@ -32,11 +32,21 @@ def chain(v: Vertex) -> list[Vertex]:
 
 
 def test_env_same_line_uses_old_value_and_env_wins_over_arg() -> None:
-    g = conv("FROM busybox\nARG A=fromarg\nENV A=alpha\nENV A=changed E=$A\nARG A=late\nRUN echo\n")
+    g = conv("FROM busybox\nARG A=fromarg\nENV A=alpha\nENV A=changed E=$A\nRUN echo\n")
     cfg = g.target.config.config
     assert cfg.env == (PATH_ENV, "A=changed", "E=alpha")
     (run,) = execs(g)
     assert run.env == (PATH_ENV, "A=changed", "E=alpha")
+
+
+def test_arg_after_env_wins_for_run_and_expansion_not_config() -> None:
+    """BuildKit 20.10 (conformance-extra/arg-env-precedence): a later ARG with a value overrides
+    the ENV in the step environment and in expansion; the image config keeps the ENV."""
+    g = conv("FROM busybox\nENV A=env\nARG A=late\nLABEL a=$A\nRUN echo\nENV A=env2\nRUN echo 2\n")
+    cfg = g.target.config.config
+    assert cfg.env == (PATH_ENV, "A=env2") and dict(cfg.labels) == {"a": "late"}
+    first, second = execs(g)
+    assert "A=late" in first.env and "A=env2" in second.env
 
 
 def test_args_are_in_run_env_not_in_config() -> None:
