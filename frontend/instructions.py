@@ -235,10 +235,12 @@ def _bool_flag(ctx: _Ctx, flags: dict[str, list[str]], name: str) -> bool:
 
 
 def _maybe_json(text: str) -> list[str] | None:
+    """The exec form, read as BuildKit 20.10 does (Go's json.Decoder.Decode): the first JSON value
+    is taken and any text after it is ignored; anything else is shell form."""
     if not text.startswith("["):
         return None
     try:
-        v = json.loads(text)
+        v, _ = json.JSONDecoder().raw_decode(text)
     except ValueError:
         return None
     if isinstance(v, list) and all(isinstance(x, str) for x in v):

@@ -23,8 +23,10 @@ if [ -d "$SHARED/conformance" ]; then
     export PYBUILD_ROOT="${PYBUILD_CONFORMANCE_ROOT:-$(mktemp -d /tmp/pybuild-conformance.XXXXXX)}"
     "$SHARED/conformance/start-registry.sh" >/dev/null
     "$SHARED/conformance/make-base-images.sh" >/dev/null
+    # The shared public cases, and our own extra cases (their expected results recorded with
+    # BuildKit through the same harness's `golden`).
     "$VENV/bin/python" "$REPO/tests/conformance_gate.py" "$SHARED/conformance" \
-        "$REPO/tests/conformance-known-failures.txt"
+        "$REPO/tests/conformance-known-failures.txt" "$SHARED/conformance/cases" "$REPO/tests/conformance-extra"
     unset PYBUILD_ROOT
 else
     echo "conformance: $SHARED/conformance not found" >&2

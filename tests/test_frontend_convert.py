@@ -290,3 +290,11 @@ def test_errors_raised_before_anything_is_resolved() -> None:
     with pytest.raises(DockerfileError):
         conv("FROM busybox\nRUN ok\nFROM busybox\nNOPE x\n", resolver=res)
     assert res.calls == []
+
+
+def test_exec_form_ignores_text_after_the_json_array() -> None:
+    """BuildKit 20.10 decodes the first JSON value and ignores the rest (json-trailing-text)."""
+    g = conv('FROM busybox\nRUN ["touch", "/x"] && touch /y\nCMD ["echo", "a"] trailing\n')
+    (run,) = execs(g)
+    assert run.args == ("touch", "/x")
+    assert g.target.config.config.cmd == ("echo", "a")
