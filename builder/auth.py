@@ -20,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
-
-import requests
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from .errors import AuthError
+
+if TYPE_CHECKING:   # requests is imported where tokens are fetched: the CLI imports this module early
+    import requests
 
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 _HUB_SERVER = "https://index.docker.io/v1/"
@@ -305,6 +306,7 @@ class Authenticator:
 
     def _fetch_token(self, registry: str, ch: Challenge, scope: str,
                      creds: Credentials | None) -> tuple[str, float]:
+        import requests
         params: list[tuple[str, str]] = []
         if ch.service:
             params.append(("service", ch.service))

@@ -44,6 +44,9 @@ class MediaType:
                 "uncompressed": MediaType.OCI_LAYER}[compression]
 
 
+MAX_MANIFEST_SIZE = 4 << 20     # cap on manifests and indexes read from a registry or a layout
+
+
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -324,3 +327,10 @@ class ImageConfig:
                    diff_ids=tuple(Digest.parse(x) for x in (d.get("rootfs") or {}).get("diff_ids") or []),
                    history=tuple(History.from_json(h) for h in d.get("history") or []),
                    created=d.get("created") or "", author=d.get("author") or "")
+
+
+def pick_platform(index: Index, platform: Platform) -> Descriptor | None:
+    """The index entry serving `platform`: an exact variant match first, else the first match."""
+    matches = [m for m in index.manifests if m.platform is not None and platform.matches(m.platform)]
+    exact = [m for m in matches if m.platform is not None and m.platform.variant == platform.variant]
+    return (exact or matches or [None])[0]

@@ -7,15 +7,19 @@ callers decide names.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 from pathlib import Path
 
 from .digest import Digest
 from .errors import RegistryError, StoreError
-from .oci import Descriptor, ImageConfig, Index, Manifest, MediaType, Platform
+from .oci import MAX_MANIFEST_SIZE, Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, pick_platform
 from .reference import Reference
-from .registry import MAX_MANIFEST_SIZE, RegistryClient, pick_platform
 from .store import ContentStore
+
+if TYPE_CHECKING:   # the registry client (and requests) load only when a registry is used
+    from .registry import RegistryClient
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _MAX_CONFIG_SIZE = 16 << 20

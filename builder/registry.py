@@ -31,10 +31,9 @@ import requests
 from .auth import Authenticator
 from .digest import Digest
 from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
-from .oci import Descriptor, Index, Manifest, MediaType, Platform
+from .oci import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, MediaType, Platform, pick_platform
 from .reference import Reference
 
-MAX_MANIFEST_SIZE = 4 << 20
 CHUNK = 1 << 20
 _ACCEPT = ", ".join(MediaType.MANIFESTS + MediaType.INDEXES)
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -296,13 +295,6 @@ class RegistryClient:
 
 
 # ---------------------------------------------------------------------- helpers
-def pick_platform(index: Index, platform: Platform) -> Descriptor | None:
-    """The index entry serving `platform`: an exact variant match first, else the first match."""
-    matches = [m for m in index.manifests if m.platform is not None and platform.matches(m.platform)]
-    exact = [m for m in matches if m.platform is not None and m.platform.variant == platform.variant]
-    return (exact or matches or [None])[0]
-
-
 def _origin(url: str) -> tuple[str, str, int]:
     u = urlsplit(url)
     port = u.port or (443 if u.scheme == "https" else 80)

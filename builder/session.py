@@ -38,6 +38,16 @@ class LazyWorker:
                 self._worker = self._stack.enter_context(self._factory())
             return self._worker
 
+    def prestart(self) -> None:
+        """Start the worker in the background (its start-up then overlaps parsing, resolving and
+        cache checks). A failure here is not reported: the first real use retries and raises."""
+        def start() -> None:
+            try:
+                self._get()
+            except Exception:  # noqa: BLE001 - reported by the first real use
+                pass
+        threading.Thread(target=start, name="worker-prestart", daemon=True).start()
+
     def run_exec(self, **kw: Any) -> Any:
         return self._get().run_exec(**kw)
 
@@ -53,7 +63,8 @@ class LazyWorker:
             w.cancel()
 
     def close(self) -> None:
-        self._stack.close()
+        with self._lock:
+            self._stack.close()
 
 
 class BuildSession:
@@ -184,6 +195,8 @@ class BuildSession:
         graph = convert(text, opts)
         worker = LazyWorker(self._worker_factory)
         self._stack.callback(worker.close)
+        if self._will_need_worker(graph):
+            worker.prestart()
         solver = Solver(store=self.store, cache=self.cache, worker=worker, load_image=self.load_image,
                         make_dir=self.make_dir, checksum=self._checksummer(),
                         options=SolveOptions(contexts=contexts, secrets=req.secrets, no_cache=req.no_cache,
@@ -203,6 +216,16 @@ class BuildSession:
         return BuildResult(digest=str(image.manifest_descriptor.digest),
                            config_digest=str(image.config_descriptor.digest),
                            descriptor=image.manifest_descriptor, metadata=meta)
+
+    def _will_need_worker(self, graph: BuildGraph) -> bool:
+        """A cheap guess made before any cache check: rootfs outputs always need the worker, and
+        so does a step this store has never seen (no miss-explainer record for its name)."""
+        if any(o.type in ("tar", "local") for o in self.req.outputs) or self.req.no_cache:
+            return True
+        from .cache import MissExplainer
+        from .ops import ExecOp, FileOp
+        seen = MissExplainer(self.root)
+        return any(isinstance(v.op, (ExecOp, FileOp)) and not seen.seen(v.name) for v in graph.topological())
 
     def _worker_factory(self) -> Any:
         from .sandbox import SandboxOptions, Worker

@@ -4,7 +4,8 @@
     python3 testdata/make-base.py DIR [--tag latest] [--busybox /bin/busybox]
 
 The image: /bin/busybox plus a symlink per applet, /etc/passwd (root, app 1000, nobody),
-/etc/group, /tmp 1777, /root 0700, /home/app owned by 1000; Env PATH, Cmd ["sh"]. Hand it to a
+/etc/group, /tmp 1777, /root 0700, /home/app; Env PATH, Cmd ["sh"]. Every file belongs to root,
+so a user without an /etc/subuid range can build on it too. Hand it to a
 build with `--build-context base=oci-layout://DIR:latest` and `FROM base`. Standard library only.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def layer_tar(busybox: str) -> bytes:
     entries: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
     for d, mode, owner in (("bin", 0o755, 0), ("sbin", 0o755, 0), ("usr", 0o755, 0), ("usr/bin", 0o755, 0),
                            ("usr/sbin", 0o755, 0), ("etc", 0o755, 0), ("tmp", 0o1777, 0), ("root", 0o700, 0),
-                           ("home", 0o755, 0), ("home/app", 0o755, 1000), ("var", 0o755, 0)):
+                           ("home", 0o755, 0), ("home/app", 0o755, 0), ("var", 0o755, 0)):
         entries[d] = (_ti(d, tarfile.DIRTYPE, mode, owner, owner), None)
     data = open(busybox, "rb").read()
     entries["bin/busybox"] = (_ti("bin/busybox", tarfile.REGTYPE, 0o755, size=len(data)), data)

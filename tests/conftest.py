@@ -55,6 +55,15 @@ def unpriv_user() -> str:
     return UNPRIV_USER
 
 
+@pytest.fixture(scope="session")
+def norange_user() -> str:
+    """An unprivileged user without any subordinate id range."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create the unprivileged test user")
+    _ensure_user("pybuild-norange", None)
+    return "pybuild-norange"
+
+
 @pytest.fixture
 def workdir(tmp_path_factory) -> Path:
     """A temp dir outside /root that the unprivileged user can use too."""

@@ -228,3 +228,19 @@ def test_two_builds_share_one_store_at_once(workdir, base_image):
     imgs = [validate_image(workdir / f"o{i}.tar") for i in range(2)]
     assert imgs[0]["digest"] != imgs[1]["digest"]
     assert list((root / "ingest").iterdir()) == []
+
+
+def test_user_without_subuid_range_builds_example_and_gets_a_clear_error_for_other_users(
+        pybuild, workdir, base_layout, base_image, norange_user):
+    ctx = example_ctx(workdir)
+    out = workdir / "norange.tar"
+    r = pybuild("build", str(ctx), "--build-context", f"base=oci-layout://{base_layout}:latest",
+                "-o", f"type=oci,dest={out}", user=norange_user, root=workdir / "nroot")
+    assert r.returncode == 0, r.stderr
+    validate_image(out)
+    ctx2 = make_context(workdir / "n2", {"Dockerfile": f"FROM {base_layout and 'base'}\nUSER app\nRUN id\n"},
+                        owner=norange_user)
+    r = pybuild("build", str(ctx2), "--build-context", f"base=oci-layout://{base_layout}:latest",
+                user=norange_user, root=workdir / "nroot")
+    assert r.returncode == 1
+    assert "Dockerfile:3" in r.stderr and "/etc/subuid" in r.stderr and "usermod" in r.stderr, r.stderr
