@@ -157,16 +157,16 @@ class BuildSession:
         try:
             with requests.get(op.url, stream=True, timeout=60) as resp:
                 if resp.status_code != 200:
-                    raise SourceError(f"ADD {op.url}: HTTP {resp.status_code}")
+                    raise SourceError(f"{op.url}: HTTP {resp.status_code}")
                 with open(dest, "wb") as f:
                     for chunk in resp.iter_content(1 << 20):
                         h.update(chunk)
                         f.write(chunk)
         except requests.RequestException as e:
-            raise SourceError(f"ADD {op.url}: {e}") from e
+            raise SourceError(f"{op.url}: {e}") from e
         got = "sha256:" + h.hexdigest()
         if op.checksum and op.checksum != got:
-            raise SourceError(f"ADD {op.url}: checksum mismatch: expected {op.checksum}, got {got}")
+            raise SourceError(f"{op.url}: checksum mismatch: expected {op.checksum}, got {got}")
         os.chmod(dest, op.chmod if op.chmod is not None else 0o600)
         return got
 

@@ -65,6 +65,16 @@ def _is_url(src: str) -> bool:
     return src.startswith("http://") or src.startswith("https://")
 
 
+def _is_git(src: str) -> bool:
+    """BuildKit's git-source detection: git:// and git@ remotes, github.com/ shorthands, and URLs
+    whose path ends in .git (optionally with a #ref fragment)."""
+    if src.startswith(("git://", "git@", "github.com/")):
+        return True
+    if _is_url(src):
+        return src.partition("#")[0].rstrip("/").endswith(".git")
+    return False
+
+
 def _url_filename(url: str) -> str:
     base = posixpath.basename(urlparse(url).path.rstrip("/"))
     return base if base not in ("", ".", "/") else "__unnamed__"
@@ -106,6 +116,8 @@ def dispatch_copy(st: StageState, c: I.Copy, sources: SourceResolver) -> None:
     actions: list[Copy] = []
     local: list[str] = []
     for src in srcs:
+        if c.is_add and _is_git(src):
+            raise st.error(c, f"ADD from a git repository ({src}) is not supported yet")
         if c.is_add and _is_url(src):
             name = _url_filename(src)
             v = Vertex(op=HTTPSource(url=src, filename=name, checksum=checksum), name=f"{kw} {src}",

@@ -298,3 +298,11 @@ def test_exec_form_ignores_text_after_the_json_array() -> None:
     (run,) = execs(g)
     assert run.args == ("touch", "/x")
     assert g.target.config.config.cmd == ("echo", "a")
+
+
+@pytest.mark.parametrize("src", ["https://github.com/moby/buildkit.git#v0.10.1", "git@github.com:moby/buildkit.git",
+                                 "git://example.com/r", "github.com/moby/buildkit"])
+def test_add_git_fails_loudly(src) -> None:
+    with pytest.raises(DockerfileError) as ei:
+        conv(f"FROM busybox\nADD {src} /src\n")
+    assert ei.value.line == 2 and "git repository" in str(ei.value)
