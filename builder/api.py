@@ -1,19 +1,11 @@
 """build(request) -> BuildResult: wires frontend → solver → exporters. No printing here."""
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import json
-import shutil
-import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, Mapping
 
-from .errors import DockerfileError, PybuildError, UsageError
-from .exporter import BuiltImage, assemble_image, recompress, write_oci_file, write_oci_tar
-from .image import Chain, HostDir
-from .oci import Descriptor, History, ImageConfig, Platform
+from .oci import Descriptor
 from .progress import ProgressSink, null_sink
 
 Compression = Literal["gzip", "zstd", "uncompressed"]

@@ -12,7 +12,7 @@ import bz2
 import gzip
 import io
 import lzma
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 ISAL_LEVEL = 1
 GZIP_LEVEL = 6
@@ -20,30 +20,37 @@ ZSTD_LEVEL = 3
 ZSTD_THREADS = 2
 CHUNK = 1 << 20
 
+Compression = Literal["gzip", "zstd", "uncompressed"]
+
 __all__ = ["Compressor", "detect_compression", "open_uncompressed", "ISAL_LEVEL", "GZIP_LEVEL",
            "ZSTD_LEVEL", "ZSTD_THREADS"]
+
+
+class Sink(Protocol):
+    """Anything bytes can be written to (a file, the store's IngestWriter, a DigestingWriter)."""
+
+    def write(self, b: bytes, /) -> int: ...
 
 
 class Compressor:
     """write() compressed bytes into `out`; close() finishes the stream (does not close `out`)."""
 
-    def __init__(self, out: BinaryIO, compression: str) -> None:
+    def __init__(self, out: "Sink", compression: str) -> None:
         self._out = out
-        self._z: BinaryIO | None
+        self._z: Any
         if compression == "uncompressed":
             self._z = None
         elif compression == "gzip":
             try:
                 from isal import igzip
-                self._z = igzip.IGzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[arg-type]
-                                          compresslevel=ISAL_LEVEL, mtime=0)
+                self._z = igzip.IGzipFile(filename="", mode="wb", fileobj=out, compresslevel=ISAL_LEVEL, mtime=0)
             except ImportError:
-                self._z = gzip.GzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[arg-type]
+                self._z = gzip.GzipFile(filename="", mode="wb", fileobj=out,  # type: ignore[call-overload]
                                         compresslevel=GZIP_LEVEL, mtime=0)
         elif compression == "zstd":
             import zstandard
             cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS)
-            self._z = cctx.stream_writer(out, closefd=False)  # type: ignore[assignment]
+            self._z = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
         else:
             raise ValueError(f"unknown compression {compression!r}")
 

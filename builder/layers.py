@@ -218,7 +218,7 @@ def _add_xattrs(ti: tarfile.TarInfo, full: Path) -> None:
             continue
         v = _lgetxattr(os.fsencode(full), x)
         if v is not None:
-            ti.pax_headers["SCHILY.xattr." + x] = v.decode("utf-8", "surrogateescape")
+            ti.pax_headers["SCHILY.xattr." + x] = v.decode("utf-8", "surrogateescape")  # type: ignore[index]
 
 
 def write_layer(root: Path, changes: Iterable[Change], sink: BinaryIO, *,
@@ -243,9 +243,9 @@ def write_layer(root: Path, changes: Iterable[Change], sink: BinaryIO, *,
                       encoding="utf-8", errors="surrogateescape", copybufsize=CHUNK) as tf:
         for parts, kind in entries:
             if kind == "whiteout":
-                ti = tarfile.TarInfo(_rel(parts))
-                ti.mode, ti.mtime, ti.uname, ti.gname = 0o644, _clamp(0, source_date_epoch), "", ""
-                tf.addfile(ti)
+                wt = tarfile.TarInfo(_rel(parts))
+                wt.mode, wt.mtime, wt.uname, wt.gname = 0o644, _clamp(0, source_date_epoch), "", ""
+                tf.addfile(wt)
                 written += 1
                 continue
             if kind == "parent" and not os.path.lexists(os.fsencode(root) + b"/" + b"/".join(parts)):

@@ -22,7 +22,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal
 
 CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
 
@@ -32,7 +32,7 @@ class Config:
     root: str
     store_root: str
     snapshotter: str
-    compression: str
+    compression: Literal["gzip", "zstd", "uncompressed"]
     source_date_epoch: int | None
     idmap_size: int
     setgroups: bool
@@ -69,7 +69,7 @@ class Failure:
     output_tail: str = ""
 
 
-def write_frame(f: BinaryIO, msg: object) -> None:
+def write_frame(f: IO[bytes], msg: object) -> None:
     """Write one message (the caller serialises writers)."""
     body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     data = memoryview(struct.pack(">I", len(body)) + body)
@@ -79,7 +79,7 @@ def write_frame(f: BinaryIO, msg: object) -> None:
     f.flush()
 
 
-def _read_exact(f: BinaryIO, n: int) -> bytes:
+def _read_exact(f: IO[bytes], n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         b = f.read(n - len(buf))
@@ -89,7 +89,7 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return bytes(buf)
 
 
-def read_frame(f: BinaryIO) -> object | None:
+def read_frame(f: IO[bytes]) -> object | None:
     """The next message, or None at EOF (raw, unbuffered streams are fine)."""
     head = _read_exact(f, 4)
     if len(head) < 4:

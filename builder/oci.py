@@ -333,4 +333,5 @@ def pick_platform(index: Index, platform: Platform) -> Descriptor | None:
     """The index entry serving `platform`: an exact variant match first, else the first match."""
     matches = [m for m in index.manifests if m.platform is not None and platform.matches(m.platform)]
     exact = [m for m in matches if m.platform is not None and m.platform.variant == platform.variant]
-    return (exact or matches or [None])[0]
+    best = exact or matches
+    return best[0] if best else None

@@ -52,7 +52,7 @@ def _worker_argv() -> tuple[str, ...]:
 class _Pending:
     __slots__ = ("event", "value", "failure", "on_chunk")
 
-    def __init__(self, on_chunk: Callable[[bytes], None] | None) -> None:
+    def __init__(self, on_chunk: Callable[[bytes], object] | None) -> None:
         self.event = threading.Event()
         self.value: Any = None
         self.failure: nsworker.Failure | None = None
@@ -177,7 +177,7 @@ class Worker:
         """Write the merged root filesystem of `chain` into `dest_dir` (files owned by the
         invoking user) and/or as a deterministic tar (in-image owners) into `dest_tar`
         (not closed)."""
-        sink = dest_tar.write if dest_tar is not None else None
+        sink: Callable[[bytes], object] | None = dest_tar.write if dest_tar is not None else None
         self._call("export_rootfs", dict(chain=tuple(chain), dest_dir=str(dest_dir) if dest_dir is not None else None,
                                          tar=dest_tar is not None), sink)
 
@@ -186,7 +186,7 @@ class Worker:
         self._call("prune", {}, None)
 
     # ------------------------------------------------------------------ plumbing
-    def _call(self, method: str, kwargs: dict[str, Any], on_chunk: Callable[[bytes], None] | None) -> Any:
+    def _call(self, method: str, kwargs: dict[str, Any], on_chunk: Callable[[bytes], object] | None) -> Any:
         p = self._proc
         if p is None or self._dead is not None:
             raise SandboxError(f"sandbox worker is not running{': ' + self._dead if self._dead else ''}")

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Union
 
 from .api import BuildRequest, BuildResult, OutputSpec
+from .compression import Compression
 from .cache import CacheIndex
-from .errors import DockerfileError, PybuildError, SourceError, UsageError
+from .errors import PybuildError, SourceError, UsageError
 from .exporter import BuiltImage, assemble_image, recompress, write_oci_file, write_oci_tar
 from .graph import BuildGraph, Target
 from .image import Chain, HostDir, LayerRef
-from .oci import Descriptor, History, ImageConfig, MediaType, Platform
+from .oci import History, ImageConfig, Platform
 from .ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
 from .solver import RootfsResult, SolveOptions, Solver, StepInfo
 
@@ -173,7 +174,7 @@ class BuildSession:
     # ------------------------------------------------------------------ run
     def run(self) -> BuildResult:
         req = self.req
-        from frontend.convert import FrontendOptions, NamedContext, convert
+        from frontend.convert import FrontendOptions, convert
         from frontend.dockerignore import read_dockerignore
         context = Path(req.context)
         if not context.is_dir():
@@ -232,7 +233,7 @@ class BuildSession:
         # Layers are written in the first OCI output's compression (one pass: tar, compress, hash).
         # Builds that export no OCI tar keep layers uncompressed: BuildKit's image store and
         # rootfs outputs do not compress either, and a later OCI export compresses them once.
-        comp = next((o.compression for o in self.req.outputs if o.type == "oci"), "uncompressed")
+        comp: Compression = next((o.compression for o in self.req.outputs if o.type == "oci"), "uncompressed")
         return Worker(self.store, SandboxOptions(root=self.root, snapshotter=self.req.snapshotter,
                                                  compression=comp, source_date_epoch=self.req.source_date_epoch))
 

@@ -27,7 +27,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 from .errors import SandboxError
 from .image import Chain, chain_id
@@ -205,7 +205,7 @@ class _Base:
     def new_tmp(self) -> Path:
         return Path(tempfile.mkdtemp(dir=self.dir, prefix=f".t{os.getpid()}-"))
 
-    def _build(self, dest: Path, make: "callable[[Path], None]") -> None:  # type: ignore[valid-type]
+    def _build(self, dest: Path, make: Callable[[Path], None]) -> None:
         """Create snapshot dir `dest` atomically with `make(tmp)` unless it exists."""
         if dest.is_dir():
             return

@@ -4,7 +4,7 @@ URL) or an InlineSource vertex (heredocs)."""
 from __future__ import annotations
 
 import posixpath
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from builder.graph import Vertex
@@ -111,7 +111,7 @@ def dispatch_copy(st: StageState, c: I.Copy, sources: SourceResolver) -> None:
         raise st.error(c, "checksum can't be specified for non-HTTP(S) sources")
     if checksum and not checksum.startswith("sha256:"):
         raise st.error(c, f"unsupported checksum {checksum!r} (want sha256:<hex>)")
-    common = dict(chown=chown, chmod=chmod, exclude=excludes, parents=c.parents, link=c.link)
+    common: dict[str, Any] = dict(chown=chown, chmod=chmod, exclude=excludes, parents=c.parents, link=c.link)
     inputs = _Inputs(st.vertex)
     actions: list[Copy] = []
     local: list[str] = []

@@ -392,7 +392,9 @@ def _healthcheck(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Healthche
             raise ctx.error(f"invalid --retries value {_flag(flags, 'retries')!r}") from e
         if retries < 0:
             raise ctx.error("--retries cannot be negative")
-    return Healthcheck(**ctx.base(), test=test, retries=retries, **vals)
+    return Healthcheck(**ctx.base(), test=test, retries=retries, interval=vals["interval"],
+                       timeout=vals["timeout"], start_period=vals["start_period"],
+                       start_interval=vals["start_interval"])
 
 
 def _one_arg(ctx: _Ctx, rest: str) -> str:
@@ -453,4 +455,4 @@ def parse_instruction(raw: RawInstruction, *, filename: str = "Dockerfile") -> I
     flags, rest = _split_flags(ctx, raw.rest)
     if raw.heredocs and raw.keyword not in ("RUN", "COPY", "ADD"):
         raise ctx.error(f"{raw.keyword} does not support heredocs")
-    return parser(ctx, flags, rest)
+    return parser(ctx, flags, rest)  # type: ignore[return-value]  # each parser returns its own type
