@@ -173,7 +173,8 @@ def test_errors_exit_codes_and_locations(pybuild, workdir, base_image):
     assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "missing.txt" in r.stderr, r.stderr
 
 
-def test_sigint_stops_running_steps_and_cleans_up(workdir, base_image):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_running_steps_and_cleans_up(workdir, base_image, sig):
     ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN echo started && sleep 1234\n"})
     root = workdir / "root"
     p = subprocess.Popen(pybuild_cmd() + ["build", str(ctx), "--progress", "plain"],
@@ -186,7 +187,7 @@ def test_sigint_stops_running_steps_and_cleans_up(workdir, base_image):
     else:
         p.kill()
         pytest.fail("the RUN step never started")
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     assert p.wait(timeout=30) == 130
     time.sleep(0.5)
     assert subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True).returncode != 0
