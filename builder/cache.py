@@ -115,9 +115,6 @@ class MissExplainer:
     def _path(self, name: str) -> Path:
         return self.dir / hashlib.sha256(name.encode()).hexdigest()
 
-    def seen(self, name: str) -> bool:
-        return self._path(name).exists()
-
     def remember(self, name: str, cm: CacheMap) -> None:
         if not name:
             return

@@ -17,7 +17,7 @@ from .compression import Compression
 from .cache import CacheIndex
 from .errors import PybuildError, SourceError, UsageError
 from .exporter import BuiltImage, assemble_image, recompress, write_oci_file, write_oci_tar
-from .graph import BuildGraph, Target
+from .graph import Target
 from .image import Chain, HostDir, LayerRef
 from .oci import History, ImageConfig, Platform
 from .ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
@@ -25,7 +25,8 @@ from .solver import RootfsResult, SolveOptions, Solver, StepInfo
 
 
 class LazyWorker:
-    """Starts the namespace worker on first use, so fully cached builds never pay for it."""
+    """The namespace worker, started by `prestart()` in the background or on first use; a build
+    that never uses it only pays for closing it."""
 
     def __init__(self, factory: Any) -> None:
         self._factory = factory
@@ -174,6 +175,12 @@ class BuildSession:
     # ------------------------------------------------------------------ run
     def run(self) -> BuildResult:
         req = self.req
+        # The worker process boots (interpreter, namespaces, id maps) on the other core while this
+        # one imports, parses and checks the cache: -0.1 s on builds that run steps, +0.02 s on a
+        # fully cached one (measured on the bundled example).
+        worker = LazyWorker(self._worker_factory)
+        self._stack.callback(worker.close)
+        worker.prestart()
         from frontend.convert import FrontendOptions, convert
         from frontend.dockerignore import read_dockerignore
         context = Path(req.context)
@@ -194,10 +201,6 @@ class BuildSession:
                                platform=platform, build_platform=Platform.host(), named_contexts=named,
                                context_excludes=excludes, resolver=self)
         graph = convert(text, opts)
-        worker = LazyWorker(self._worker_factory)
-        self._stack.callback(worker.close)
-        if self._will_need_worker(graph):
-            worker.prestart()
         solver = Solver(store=self.store, cache=self.cache, worker=worker, load_image=self.load_image,
                         make_dir=self.make_dir, checksum=self._checksummer(),
                         options=SolveOptions(contexts=contexts, secrets=req.secrets, no_cache=req.no_cache,
@@ -217,16 +220,6 @@ class BuildSession:
         return BuildResult(digest=str(image.manifest_descriptor.digest),
                            config_digest=str(image.config_descriptor.digest),
                            descriptor=image.manifest_descriptor, metadata=meta)
-
-    def _will_need_worker(self, graph: BuildGraph) -> bool:
-        """A cheap guess made before any cache check: rootfs outputs always need the worker, and
-        so does a step this store has never seen (no miss-explainer record for its name)."""
-        if any(o.type in ("tar", "local") for o in self.req.outputs) or self.req.no_cache:
-            return True
-        from .cache import MissExplainer
-        from .ops import ExecOp, FileOp
-        seen = MissExplainer(self.root)
-        return any(isinstance(v.op, (ExecOp, FileOp)) and not seen.seen(v.name) for v in graph.topological())
 
     def _worker_factory(self) -> Any:
         from .sandbox import SandboxOptions, Worker
