@@ -48,35 +48,36 @@ def _clean(p: str) -> str:
     return p
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    out = ["^"]
+def _translate(pattern: str, *, double_star: bool) -> str:
+    """A glob as a regular expression body. `*` and `?` never cross "/"; with `double_star`
+    (.dockerignore and --exclude patterns) `**` spans any number of directories."""
+    out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
         ch = pattern[i]
+        if ch == "*" and double_star and i + 1 < n and pattern[i + 1] == "*":
+            i += 2
+            if i < n and pattern[i] == "/":
+                i += 1
+            out.append(".*" if i >= n else "(.*/)?")
+            continue
         if ch == "*":
-            if i + 1 < n and pattern[i + 1] == "*":
-                i += 2
-                if i < n and pattern[i] == "/":
-                    i += 1
-                if i >= n:
-                    out.append(".*")
-                else:
-                    out.append("(.*/)?")
-                continue
             out.append("[^/]*")
         elif ch == "?":
             out.append("[^/]")
-        elif ch == "\\":
+        elif ch == "\\" and i + 1 < n:
             i += 1
-            if i < n:
-                out.append(re.escape(pattern[i]))
+            out.append(re.escape(pattern[i]))
         elif ch == "[":
             i = _class(pattern, i, out)
         else:
             out.append(re.escape(ch))
         i += 1
-    out.append("$")
-    return re.compile("".join(out), re.DOTALL)
+    return "".join(out)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile("^" + _translate(pattern, double_star=True) + "$", re.DOTALL)
 
 
 class PathMatcher:
@@ -180,23 +181,7 @@ def _class(pattern: str, i: int, out: list[str]) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _component_regex(pat: str) -> re.Pattern[str]:
-    out: list[str] = []
-    i, n = 0, len(pat)
-    while i < n:
-        ch = pat[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pat[i]))
-        elif ch == "[":
-            i = _class(pat, i, out)
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    return re.compile(_translate(pat, double_star=False) + r"\Z", re.DOTALL)
 
 
 def glob_match(name: str, pat: str) -> bool:
