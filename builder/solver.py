@@ -210,6 +210,10 @@ class Solver:
         sources: dict[int, Source] = {}
         for idx, r in enumerate(inputs[1:], start=1):
             sources[idx] = r.dir if isinstance(r, DirResult) else ChainSource(chain=r.chain)
+        if isinstance(v.op, (ExecOp, FileOp)) and 0 in _source_indexes(v.op):
+            # e.g. `FROM p` then `COPY --from=p`: the copy source is the root filesystem itself
+            # (the vertex has one input); it is read from an unchanged view of the base.
+            sources[0] = ChainSource(chain=base.chain)
         if isinstance(v.op, ExecOp):
             def output(data: bytes, _v: Vertex = v) -> None:
                 self._opts.progress(LogEvent(vertex=_v.digest, name=_v.name, data=data))
@@ -226,6 +230,13 @@ class Solver:
 
     def _event(self, v: Vertex, status: str) -> None:
         self._opts.progress(VertexEvent(vertex=v.digest, name=v.name, status=status))  # type: ignore[arg-type]
+
+
+def _source_indexes(op: ExecOp | FileOp) -> set[int]:
+    """Inputs an op reads as sources (Copy.src, bind mount inputs)."""
+    if isinstance(op, FileOp):
+        return {a.src for a in op.actions if isinstance(a, Copy)}
+    return {m.input for m in op.mounts if m.input is not None}
 
 
 PROXY_VARS = frozenset(f"{p}_PROXY" for p in ("HTTP", "HTTPS", "FTP", "NO", "ALL")) | \

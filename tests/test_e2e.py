@@ -245,3 +245,13 @@ def test_user_without_subuid_range_builds_example_and_gets_a_clear_error_for_oth
                 user=norange_user, root=workdir / "nroot")
     assert r.returncode == 1
     assert "Dockerfile:3" in r.stderr and "/etc/subuid" in r.stderr and "usermod" in r.stderr, r.stderr
+
+
+def test_copy_from_the_stage_that_is_also_the_base(pybuild, workdir, base_image):
+    """`FROM p` + `COPY --from=p`: the copy source is the base itself (one vertex input)."""
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image} AS p\nRUN echo p > /p.txt\n"
+                                                      "FROM p\nCOPY --from=p /p.txt /copied.txt\n"})
+    out = workdir / "o"
+    r = pybuild("build", str(ctx), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "copied.txt").read_text() == "p\n"
