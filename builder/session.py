@@ -117,7 +117,7 @@ class BuildSession:
         try:
             r = Reference.parse(ref)
         except ValueError as e:
-            raise UsageError(f"invalid image reference {ref!r}: {e}") from e
+            raise SourceError(str(e)) from e
         pulled = None
         if not self.req.pull:
             desc = self.store.resolve_tag(str(r))

@@ -9,9 +9,9 @@ and the history. It is pure: the only collaborator is the injected ImageResolver
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
-from builder.errors import DockerfileError
+from builder.errors import BuildCancelled, DockerfileError, PybuildError
 from builder.graph import BuildGraph, Target, Vertex
 from builder.image import ImageResolver, ResolvedImage
 from builder.oci import ContainerConfig, ImageConfig, Platform
@@ -114,9 +114,18 @@ class _Converter:
         return self._context
 
     def _image(self, ref: str, platform: Platform, ins: I.Instruction) -> tuple[Vertex, ResolvedImage]:
-        res = self.opts.resolver.resolve_image(ref, platform)
+        res = self._resolve(ins, lambda: self.opts.resolver.resolve_image(ref, platform))
         v = Vertex(op=ImageSource(ref=res.ref, digest=res.digest, platform=platform), name=f"FROM {res.ref}")
         return v, res
+
+    def _resolve(self, ins: I.Instruction, call: Callable[[], ResolvedImage]) -> ResolvedImage:
+        """Resolver failures (bad reference, registry errors) name the instruction's line."""
+        try:
+            return call()
+        except (DockerfileError, BuildCancelled):
+            raise
+        except PybuildError as e:
+            raise DockerfileError(str(e), filename=self.opts.filename, line=ins.line) from e
 
     def _named(self, name: str, platform: Platform, ins: I.Instruction) -> _Base:
         nc = self.opts.named_contexts[name]
@@ -124,11 +133,11 @@ class _Converter:
             v = Vertex(op=LocalSource(name=name), name=f"[context {name}] load from client")
             return _Base(vertex=v, config=ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)), platform=platform)
         if nc.kind == "oci-layout":
-            res = self.opts.resolver.resolve_oci_layout(nc.value, nc.tag, platform)
+            res = self._resolve(ins, lambda: self.opts.resolver.resolve_oci_layout(nc.value, nc.tag, platform))
             v = Vertex(op=OCILayoutSource(path=nc.value, tag=nc.tag, digest=res.digest, platform=platform),
                        name=f"[context {name}] {nc.value}")
         else:
-            res = self.opts.resolver.resolve_image(nc.value, platform)
+            res = self._resolve(ins, lambda: self.opts.resolver.resolve_image(nc.value, platform))
             v = Vertex(op=ImageSource(ref=res.ref, digest=res.digest, platform=platform), name=f"FROM {res.ref}")
         return _Base(vertex=v, config=res.config.config, platform=res.config.platform or platform,
                      base_history=res.config.history, author=res.config.author)

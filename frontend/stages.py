@@ -38,9 +38,11 @@ class Stages:
 
     def lookup(self, ref: str, *, before: int | None = None) -> Stage | None:
         """Stage called `ref` (the last one with that name) or with index `ref`. With `before`,
-        only stages before that index count (FROM can only name an earlier stage)."""
+        only stages before that index count, and the name must match exactly: BuildKit 20.10's
+        FROM does not fold case (stage names are stored lowercase, so `FROM Upper` is taken as an
+        image reference, which is invalid), while COPY --from does."""
         pool = self.stages if before is None else self.stages[:before]
-        low = ref.lower()
+        low = ref if before is not None else ref.lower()
         for st in reversed(pool):
             if st.name and st.name == low:
                 return st

@@ -171,6 +171,12 @@ def test_errors_exit_codes_and_locations(pybuild, workdir, base_image):
     ctx3 = make_context(workdir / "ctx3", {"Dockerfile": f"FROM {base_image}\nCOPY missing.txt /\n"})
     r = pybuild("build", str(ctx3))
     assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "missing.txt" in r.stderr, r.stderr
+    ctx4 = make_context(workdir / "ctx4", {"Dockerfile": f"FROM {base_image} AS Upper\nFROM Upper\n"})
+    r = pybuild("build", str(ctx4))
+    assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "lowercase" in r.stderr, r.stderr
+    ctx5 = make_context(workdir / "ctx5", {"Dockerfile": f"FROM {base_image.rsplit(':', 1)[0]}:no-such-tag\n"})
+    r = pybuild("build", str(ctx5))
+    assert r.returncode == 1 and "Dockerfile:1" in r.stderr and "no-such-tag" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
