@@ -434,7 +434,7 @@ def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceD
     elif a.unpack and stat.S_ISREG(st.st_mode) and _is_archive(m.host):
         _mkdir_all(root, dst, 0o755, dirs_owner)
         with open(m.host, "rb") as f, open_uncompressed(f) as u:
-            apply_layer(u, dst, whiteouts="none")
+            apply_layer(u, dst, whiteouts="archive")
         return
     elif dest_slash or dst.is_dir():
         _mkdir_all(root, dst, 0o755, dirs_owner)

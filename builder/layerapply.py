@@ -3,12 +3,14 @@
 Every path is resolved inside `dest` one component at a time (symlinks followed only inside it,
 no "..", absolute names made relative), hardlinks only to targets inside, whiteouts handled
 explicitly ("overlay": turned into overlay whiteouts/opaque xattrs; "delete": applied to a full
-tree; "none": `.wh.` names are plain files, for ADD of an archive), sizes capped against bombs.
+tree; "archive": ADD of a local archive, as BuildKit extracts one: `.wh.*` entries are dropped and
+names are cleaned inside dest), sizes capped against bombs.
 """
 from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import stat
 import tarfile
 from pathlib import Path
@@ -20,15 +22,16 @@ from .layers import (CHUNK, ID_MAPPING_HINT, OPAQUE_WHITEOUT, WHITEOUT_PREFIX,
 
 __all__ = ["apply_layer"]
 
-def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay", "delete", "none"],
+def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay", "delete", "archive"],
                 max_bytes: int = 1 << 40) -> None:
     """Apply an (uncompressed) layer tar read from `tar_stream` onto directory `dest`, streaming.
 
     Every name is made relative and resolved inside `dest` (symlinks in parent components are
     followed only inside dest; ".." refused). whiteouts="overlay": `.wh.x` → char device 0/0 `x`,
     `.wh..wh..opq` → xattr user.overlay.opaque=y on the dir. "delete": `.wh.x` removes x, an opaque
-    marker empties the dir of what earlier layers put there. "none" (ADD of a local archive):
-    `.wh.` names are ordinary files. A non-dir replaces what is at its path; a dir merges. Owners
+    marker empties the dir of what earlier layers put there. "archive" (ADD of a local archive,
+    BuildKit 20.10's behaviour): `.wh.*` entries are skipped, and names are cleaned as if rooted at
+    dest (`a/../b` is `b`, `../x` is `x`) instead of refused. A non-dir replaces what is at its path; a dir merges. Owners
     (lchown), modes (after chown), mtimes and xattrs are applied; device nodes other than 0/0
     are skipped when mknod is not permitted. Regular file bytes above `max_bytes` raise
     LayerError; unmapped owners raise IdMappingError."""
@@ -50,6 +53,8 @@ class _Applier:
         self.unpacked: set[bytes] = set()
 
     def _parts(self, name: str) -> list[bytes]:
+        if self.whiteouts == "archive":
+            return _split(posixpath.normpath("/" + name).lstrip("/"))
         parts = _split(name)
         if b".." in parts:
             raise LayerError(f"layer entry {name!r} climbs out of the root with '..'")
@@ -73,8 +78,9 @@ class _Applier:
                 self._meta(self.dest, m)
             return
         base = parts[-1]
-        if self.whiteouts != "none" and base.startswith(WHITEOUT_PREFIX.encode()):
-            self._whiteout(parts)
+        if base.startswith(WHITEOUT_PREFIX.encode()):
+            if self.whiteouts != "archive":
+                self._whiteout(parts)
             return
         path = self._place(parts)
         self.unpacked.add(os.fsencode(path))

@@ -44,7 +44,7 @@ def parse_chown(st: StageState, c: I.Instruction, spec: str) -> Chown | None:
     if not spec:
         return None
     user, _, group = st.expand(c, spec).partition(":")
-    if not user:
+    if not user and not group:       # ":gid" alone is accepted (uid 0), as BuildKit 20.10 does
         raise st.error(c, f"invalid --chown value {spec!r}")
     return Chown(user=user, group=group)
 

@@ -297,3 +297,24 @@ def test_add_archive_refuses_escape(tmp_path: Path) -> None:
     # the link's target "/" means the root being built, never the host root
     assert (root / "x/tmp/pwned").read_bytes() == b"pwned"
     assert not Path("/tmp/pwned").exists()
+
+
+def test_add_archive_cleans_dotdot_names_and_drops_whiteouts(tmp_path: Path) -> None:
+    """BuildKit 20.10 (conformance-extra add-archive-dotdot, add-archive-whiteout-names)."""
+    import io
+    root = make_root(tmp_path)
+    ctx = tmp_path / "c"
+    ctx.mkdir()
+    (root / "x").mkdir()
+    (root / "x" / "keep").write_text("lower")
+    with tarfile.open(ctx / "a.tar", "w") as tf:
+        for name in ("../escape.txt", "sub/../normalised.txt", ".wh.keep", "d/.wh..wh..opq", "d/f"):
+            ti = tarfile.TarInfo(name)
+            ti.size = 2
+            tf.addfile(ti, io.BytesIO(b"ok"))
+    apply_file_op(root, ops.FileOp(actions=(ops.Copy(src=1, src_paths=("a.tar",), dest="/x", unpack=True),)),
+                  {1: SourceDir(path=ctx)})
+    assert sorted(p.name for p in (root / "x").iterdir()) == ["d", "escape.txt", "keep", "normalised.txt"]
+    assert (root / "x" / "keep").read_text() == "lower"
+    assert [p.name for p in (root / "x" / "d").iterdir()] == ["f"]
+    assert not (tmp_path / "escape.txt").exists()

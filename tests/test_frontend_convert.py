@@ -306,3 +306,16 @@ def test_add_git_fails_loudly(src) -> None:
     with pytest.raises(DockerfileError) as ei:
         conv(f"FROM busybox\nADD {src} /src\n")
     assert ei.value.line == 2 and "git repository" in str(ei.value)
+
+
+@pytest.mark.parametrize("spec,want", [("app", Chown(user="app")), ("1000:50", Chown(user="1000", group="50")),
+                                       (":50", Chown(user="", group="50"))])
+def test_chown_specs(spec, want) -> None:
+    g = conv(f"FROM busybox\nCOPY --chown={spec} a /a\n")
+    (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert fop.actions[0].chown == want
+
+
+def test_chown_needs_a_user_or_group() -> None:
+    with pytest.raises(DockerfileError):
+        conv("FROM busybox\nCOPY --chown=: a /a\n")
