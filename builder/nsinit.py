@@ -7,9 +7,10 @@ that it starts fast.
 Process layout: this process unshares pid/mount/ipc/uts (and net for network=none) and forks;
 the child is pid 1 of the step: it mounts the rootfs, /proc, /dev, /etc/hosts, resolv.conf and
 the step's mounts, records the mount-point stubs it had to create (JSON on the status fd), pivots into the
-rootfs, forks the command (setgroups/setresgid/setresuid/chdir/execve) and reaps until the
-command exits. Pid 1 dies with its parent (PR_SET_PDEATHSIG), and every process of the step dies
-with pid 1, so killing this process kills the whole step. Exit status: the command's (128+signal
+rootfs and becomes the command (setgroups/setresgid/setresuid/chdir/execve), so the command is
+pid 1 as under runc. Pid 1 dies with its parent (PR_SET_PDEATHSIG, set again after the
+credentials change), and every process of the step dies with pid 1, so killing this process kills
+the whole step. Exit status: the command's (128+signal
 when killed); 125 after a setup error, whose description is on the status fd.
 """
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _mount_dev(dev: str) -> None:
             bind(f"/dev/{name}", p, readonly=False)
         except OSError:
             os.unlink(p)
-    for d in ("pts", "shm"):
+    for d in ("pts", "shm", "mqueue"):
         os.mkdir(os.path.join(dev, d), 0o755)
     try:
         mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
@@ -235,6 +236,10 @@ def _mount_dev(dev: str) -> None:
     except OSError:
         pass
     mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    try:    # runc's default mounts include the step's own POSIX message queues
+        mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        os.rmdir(os.path.join(dev, "mqueue"))
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, name))
@@ -310,8 +315,10 @@ def enter_root(root: str) -> None:
     os.chdir("/")
 
 
-def run_command(spec: dict, idmap_size: int, setgroups_ok: bool) -> int:
-    """Resolve the user, fork the command, reap until it exits; return the exit status."""
+def exec_command(spec: dict, idmap_size: int, setgroups_ok: bool) -> None:
+    """Become the step's command, as pid 1 of its namespace (as runc does: `$$` is 1 and
+    /proc/1/comm is the shell). Returns only by raising SetupError; an exec failure exits 127/126
+    with a message on stderr, like a shell would."""
     uid, gid, sgids, home = resolve_user(spec.get("user", ""))
     bad = sorted({i for i in (uid, gid, *sgids) if not 0 <= i < idmap_size})
     if bad or (sgids and not setgroups_ok):
@@ -320,36 +327,26 @@ def run_command(spec: dict, idmap_size: int, setgroups_ok: bool) -> int:
     cwd = spec.get("cwd") or "/"
     os.umask(0o022)
     os.makedirs(cwd, 0o755, exist_ok=True)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            devnull = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.closerange(3, 65536)
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            if setgroups_ok:
-                os.setgroups(sgids)
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            os.chdir(cwd)
-            env = dict(e.split("=", 1) if "=" in e else (e, "") for e in spec["env"])
-            env.setdefault("HOME", home)       # as runc/BuildKit: from passwd when the image has none
-            exe = find_executable(spec["args"][0], env.get("PATH", ""))
-            if exe is None:
-                raise FileNotFoundError(errno.ENOENT, "executable file not found in $PATH")
-            os.execve(exe, spec["args"], env)
-        except OSError as e:
-            os.write(2, f"pybuild: exec {spec['args'][0]}: {e.strerror}\n".encode())
-            os._exit(127 if e.errno == errno.ENOENT else 126)
-        os._exit(127)
-    status = 0
-    while True:
-        try:
-            wpid, st = os.wait()
-        except ChildProcessError:
-            return status
-        if wpid == pid:
-            return os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in spec["env"])
+    env.setdefault("HOME", home)       # as runc/BuildKit: from passwd when the image has none
+    try:
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.closerange(3, 65536)        # the status fd too: EOF there tells the worker we got here
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        if setgroups_ok:
+            os.setgroups(sgids)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        set_pdeathsig()                # changing credentials cleared it; the step must die with us
+        os.chdir(cwd)
+        exe = find_executable(spec["args"][0], env.get("PATH", ""))
+        if exe is None:
+            raise FileNotFoundError(errno.ENOENT, "executable file not found in $PATH")
+        os.execve(exe, spec["args"], env)
+    except OSError as e:
+        os.write(2, f"pybuild: exec {spec['args'][0]}: {e.strerror}\n".encode())
+        os._exit(127 if e.errno == errno.ENOENT else 126)
 
 
 def pid1(spec: dict, status_fd: int) -> int:
@@ -362,7 +359,7 @@ def pid1(spec: dict, status_fd: int) -> int:
         name = spec.get("hostname", "buildkitsandbox").encode()
         _libc.sethostname(name, len(name))
         enter_root(spec["mountpoint"])
-        return run_command(spec, int(spec["idmap_size"]), bool(spec["setgroups"]))
+        exec_command(spec, int(spec["idmap_size"]), bool(spec["setgroups"]))
     except SetupError as e:
         os.write(status_fd, (json.dumps({"error": e.kind, "message": str(e)}) + "\n").encode())
     except OSError as e:

@@ -179,9 +179,10 @@ def test_errors_exit_codes_and_locations(pybuild, workdir, base_image):
     assert r.returncode == 1 and "Dockerfile:1" in r.stderr and "no-such-tag" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_stops_running_steps_and_cleans_up(workdir, base_image, sig):
-    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN echo started && sleep 1234\n"})
+@pytest.mark.parametrize("sig,user", [(signal.SIGINT, "root"), (signal.SIGTERM, "root"), (signal.SIGINT, "app")])
+def test_signal_stops_running_steps_and_cleans_up(workdir, base_image, sig, user):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nUSER {user}\n"
+                                                      "RUN echo started && sleep 1234\n"})
     root = workdir / "root"
     p = subprocess.Popen(pybuild_cmd() + ["build", str(ctx), "--progress", "plain"],
                          env={**os.environ, "PYBUILD_ROOT": str(root)}, stderr=subprocess.PIPE)
