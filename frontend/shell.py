@@ -199,10 +199,10 @@ class _Lexer:
             if all_:
                 self.s.next()
             pat = self._until_either("/", "}")
-            repl = ""
-            if self.s.next() == "/":
-                repl = self._until("}")
-                self.s.next()
+            if self.s.next() != "/":     # BuildKit requires ${V/pattern/replacement}
+                raise ExpansionError("missing '/' in ${} substitution")
+            repl = self._until("}")
+            self.s.next()
             return _replace(val or "", pat, repl, all_)
         raise ExpansionError(f"unsupported modifier ({op}) in substitution")
 
@@ -229,7 +229,10 @@ def _apply_mod(name: str, val: str | None, mod: str, word: str, *, colon: bool) 
 
 
 def glob_to_regex(pattern: str) -> str:
-    """A shell glob (`*`, `?`, `[...]`, backslash escapes) as a Python regex (no anchors)."""
+    """A `${V#pattern}`-style pattern as a Python regex (no anchors), as BuildKit's
+    convertShellPatternToRegex reads it: `*` any string, `?` one character, no bracket
+    expressions (`[` and `]` are literal), `\\*` `\\?` `\\\\` escape, and a backslash before `}` or
+    `/` only protects them from the `${...}` syntax. Any other escape is an error."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -238,20 +241,15 @@ def glob_to_regex(pattern: str) -> str:
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[":
-            j = pattern.find("]", i + 2 if i + 1 < len(pattern) and pattern[i + 1] in "!^" else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:j]
-                neg = body[:1] in ("!", "^")
-                if neg:
-                    body = body[1:]
-                out.append("[" + ("^" if neg else "") + body.replace("\\", "\\\\") + "]")
-                i = j
-        elif c == "\\" and i + 1 < len(pattern):
+        elif c == "\\":
+            nxt = pattern[i + 1] if i + 1 < len(pattern) else ""
+            if nxt in ("}", "/"):
+                i += 1
+                continue
+            if nxt not in ("*", "?", "\\"):
+                raise ExpansionError(f"invalid escape '\\{nxt}' in substitution pattern")
+            out.append(re.escape(nxt))
             i += 1
-            out.append(re.escape(pattern[i]))
         else:
             out.append(re.escape(c))
         i += 1
