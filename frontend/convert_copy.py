@@ -107,6 +107,8 @@ def dispatch_copy(st: StageState, c: I.Copy, sources: SourceResolver) -> None:
     chmod = parse_chmod(st, c, st.expand(c, c.chmod))
     excludes = tuple(st.expand(c, e) for e in c.exclude)
     checksum = st.expand(c, c.checksum)
+    if checksum and len(srcs) != 1:
+        raise st.error(c, "checksum can't be specified for multiple sources")
     if checksum and not all(_is_url(s) for s in srcs):
         raise st.error(c, "checksum can't be specified for non-HTTP(S) sources")
     if checksum and not checksum.startswith("sha256:"):

@@ -319,3 +319,9 @@ def test_chown_specs(spec, want) -> None:
 def test_chown_needs_a_user_or_group() -> None:
     with pytest.raises(DockerfileError):
         conv("FROM busybox\nCOPY --chown=: a /a\n")
+
+
+def test_add_checksum_takes_one_source() -> None:
+    with pytest.raises(DockerfileError) as ei:
+        conv("FROM busybox\nADD --checksum=sha256:" + "0" * 64 + " http://h/a http://h/b /d/\n")
+    assert "multiple sources" in str(ei.value)
