@@ -40,6 +40,7 @@ class BuildRequest:
     snapshotter: Literal["auto", "overlay", "native"] = "auto"
     stdout: BinaryIO | None = None
     source_date_epoch: int | None = None
+    allow: tuple[str, ...] = ()                          # entitlements, as buildx --allow: network.host
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

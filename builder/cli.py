@@ -122,12 +122,15 @@ def cli() -> None:
 @click.option("--secret", "secrets", multiple=True, help="id=ID,src=PATH or id=ID,env=VAR")
 @click.option("--platform", help="target platform (only the host's is supported)")
 @click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path), help="write build metadata JSON here")
+@click.option("--allow", "allow", multiple=True, type=click.Choice(["network.host", "security.insecure"]),
+              help="grant an entitlement (network.host: RUN --network=host)")
 @click.option("--snapshotter", type=click.Choice(["auto", "overlay", "native"]), default="auto", hidden=True,
               envvar="PYBUILD_SNAPSHOTTER")
 def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], build_args: tuple[str, ...],
               target: str | None, no_cache: bool, pull: bool, progress: str, quiet: bool,
               insecure: tuple[str, ...], build_contexts: tuple[str, ...], outputs: tuple[str, ...],
-              secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, snapshotter: str) -> None:
+              secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, allow: tuple[str, ...],
+              snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
     from .api import BuildRequest, build
     from .auth import docker_config_path
@@ -140,6 +143,9 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
     mode = "quiet" if quiet else progress
     if not context.is_dir():
         raise click.BadParameter(f"{context} is not a directory", param_hint="CONTEXT")
+    if "security.insecure" in allow:
+        raise click.BadParameter("security.insecure cannot be granted: pybuild runs steps rootless",
+                                 param_hint="--allow")
     req = BuildRequest(
         context=context, dockerfile=dockerfile, tags=tags, build_args=parse_build_args(build_args, env),
         target=target, no_cache=no_cache, pull=pull, outputs=outs,
@@ -150,6 +156,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         snapshotter=snapshotter,  # type: ignore[arg-type]
         stdout=sys.stdout.buffer if to_stdout else None,
         source_date_epoch=int(env["SOURCE_DATE_EPOCH"]) if env.get("SOURCE_DATE_EPOCH", "").isdigit() else None,
+        allow=allow,
     )
     result = build(req)
     if metadata_file is not None:

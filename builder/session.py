@@ -15,7 +15,7 @@ from typing import Any, Union
 from .api import BuildRequest, BuildResult, OutputSpec
 from .compression import Compression
 from .cache import CacheIndex
-from .errors import PybuildError, SourceError, UsageError
+from .errors import DockerfileError, PybuildError, SourceError, UsageError
 from .exporter import BuiltImage, assemble_image, recompress, write_oci_file, write_oci_tar
 from .graph import Target
 from .image import Chain, HostDir, LayerRef
@@ -201,6 +201,7 @@ class BuildSession:
                                platform=platform, build_platform=Platform.host(), named_contexts=named,
                                context_excludes=excludes, resolver=self)
         graph = convert(text, opts)
+        self._check_entitlements(graph)
         solver = Solver(store=self.store, cache=self.cache, worker=worker, load_image=self.load_image,
                         make_dir=self.make_dir, checksum=self._checksummer(),
                         options=SolveOptions(contexts=contexts, secrets=req.secrets, no_cache=req.no_cache,
@@ -220,6 +221,20 @@ class BuildSession:
         return BuildResult(digest=str(image.manifest_descriptor.digest),
                            config_digest=str(image.config_descriptor.digest),
                            descriptor=image.manifest_descriptor, metadata=meta)
+
+    def _check_entitlements(self, graph: Any) -> None:
+        """`RUN --network=host` needs the network.host entitlement (`--allow network.host`), as in
+        BuildKit; checked before anything runs."""
+        from .ops import ExecOp
+        if "network.host" in self.req.allow:
+            return
+        for v in graph.topological():
+            if isinstance(v.op, ExecOp) and v.op.network == "host":
+                loc = v.source_location
+                raise DockerfileError("RUN --network=host needs the network.host entitlement: "
+                                      "build with --allow network.host",
+                                      filename=loc.filename if loc else "Dockerfile",
+                                      line=loc.start_line if loc else None)
 
     def _worker_factory(self) -> Any:
         from .sandbox import SandboxOptions, Worker

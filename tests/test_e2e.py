@@ -262,3 +262,13 @@ def test_copy_from_the_stage_that_is_also_the_base(pybuild, workdir, base_image)
     r = pybuild("build", str(ctx), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert (out / "copied.txt").read_text() == "p\n"
+
+
+def test_network_host_needs_the_entitlement(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN --network=host true\n"})
+    r = pybuild("build", str(ctx))
+    assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "--allow network.host" in r.stderr, r.stderr
+    r = pybuild("build", str(ctx), "--allow", "network.host")
+    assert r.returncode == 0, r.stderr
+    r = pybuild("build", str(ctx), "--allow", "security.insecure")
+    assert r.returncode == 2 and "rootless" in r.stderr
