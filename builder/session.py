@@ -10,18 +10,22 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .api import BuildRequest, BuildResult, OutputSpec
-from .compression import Compression
 from .cache import CacheIndex
+from .compression import Compression
 from .errors import DockerfileError, PybuildError, SourceError, UsageError
-from .exporter import BuiltImage, assemble_image, recompress, write_oci_file, write_oci_tar
-from .graph import Target
 from .image import Chain, HostDir, LayerRef
 from .oci import History, ImageConfig, Platform
 from .ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
-from .solver import RootfsResult, SolveOptions, Solver, StepInfo
+
+# The solver (networkx), the frontend and the exporter are imported inside run(), after the
+# sandbox worker has started booting in the background: start-up overlaps those imports.
+if TYPE_CHECKING:
+    from .exporter import BuiltImage
+    from .graph import Target
+    from .solver import StepInfo
 
 
 class LazyWorker:
@@ -183,6 +187,9 @@ class BuildSession:
         worker.prestart()
         from frontend.convert import FrontendOptions, convert
         from frontend.dockerignore import read_dockerignore
+
+        from .exporter import assemble_image
+        from .solver import RootfsResult, SolveOptions, Solver
         context = Path(req.context)
         if not context.is_dir():
             raise UsageError(f"build context {context} is not a directory")
@@ -300,6 +307,7 @@ class BuildSession:
 
     def _export(self, out: OutputSpec, chain: Chain, built: set[Any], config: ImageConfig,
                 worker: LazyWorker) -> BuiltImage | None:
+        from .exporter import assemble_image, recompress, write_oci_file, write_oci_tar
         if out.type in ("oci", "image"):
             if out.type == "oci":
                 chain = tuple(recompress(self.store, l, out.compression) if l.descriptor.digest in built else l
