@@ -2,6 +2,7 @@
 (used by the CLI) write to a terminal."""
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -131,13 +132,15 @@ class TtyRenderer:
         self._clear()
         done = sum(1 for r in self._rows.values() if "end" in r)
         lines = [f"[+] Building {now - self._t0:.1f}s ({done}/{len(self._rows)})"]
+        width = max(40, shutil.get_terminal_size((100, 24)).columns - 1)   # a wrapped line breaks the redraw
         for v in self._order:
             r = self._rows[v]
             state = r.get("state")
             dt = r.get("end", now) - r["start"]
             tail = "CACHED" if state == "cached" else ("ERROR" if state == "error" else f"{dt:.1f}s")
-            lines.append(f" => {r['name'][:100]:<100} {tail}")
-            lines += [f" => => {l[:120]}" for l in r["log"]]
+            name_w = width - len(tail) - 5
+            lines.append(f" => {r['name'][:name_w]:<{name_w}} {tail}")
+            lines += [f" => => {l}"[:width] for l in r["log"]]
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
         self._drawn = len(lines)
