@@ -455,12 +455,17 @@ def _parents_dirs(root: Path, cp: _Copier, src: SourceDir, m: SourceMatch, dst: 
     parts = [p for p in m.rel_base.split("/") if p]
     cur = dst
     for i, comp in enumerate(parts[:-1]):
-        cur = cur / comp
+        # resolved inside root: a symlink already in the image is followed within it, never on
+        # the host (the worker works on host paths, not in a chroot)
+        cur = resolve_in_root(root, _relto(root, cur) + "/" + comp)
         if not os.path.lexists(cur):
             s = resolve_in_root(src.path, _join(m.base, "/".join(parts[: i + 1])))
+            _mkdir_all(root, cur.parent, 0o755, (0, 0))     # a dangling link's target, inside root
             os.mkdir(cur, 0o700)
             cp.meta(cur, os.lstat(s), s)
-    return cur / parts[-1] if parts else dst
+        elif not os.path.isdir(cur):
+            raise SourceError(f"/{_relto(root, cur)}: not a directory")
+    return resolve_in_root(root, _relto(root, cur) + "/" + parts[-1], follow_final=False) if parts else dst
 
 
 # ------------------------------------------------------------------ mkdir / mkfile

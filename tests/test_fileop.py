@@ -318,3 +318,19 @@ def test_add_archive_cleans_dotdot_names_and_drops_whiteouts(tmp_path: Path) -> 
     assert (root / "x" / "keep").read_text() == "lower"
     assert [p.name for p in (root / "x" / "d").iterdir()] == ["f"]
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_parents_never_follow_an_image_symlink_out_of_the_root(tmp_path: Path) -> None:
+    """COPY --parents a/b /app/ where the image has /app/a -> /<host dir>: stays inside root."""
+    root = make_root(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "app").mkdir()
+    os.symlink(str(outside), root / "app" / "a")
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_text("x")
+    apply_file_op(root, ops.FileOp(actions=(ops.Copy(src=1, src_paths=("a/b",), dest="/app/", parents=True),)),
+                  {1: SourceDir(path=src)})
+    assert os.listdir(outside) == []
+    assert (root / str(outside).lstrip("/") / "b" / "f").read_text() == "x"
