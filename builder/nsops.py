@@ -448,15 +448,40 @@ def _relink_copied_up(active: Any) -> None:
                 if src is None:
                     continue
                 rel = os.path.relpath(full, lowers[i])
-                if rel == src or os.path.lexists(os.path.join(active.fs, rel)):
-                    continue
-                if any(os.path.lexists(os.path.join(l, rel)) for l in lowers[:i]):
+                if rel == src or _shadowed([active.fs, *lowers[:i]], rel):
                     continue
                 parent = os.path.join(active.fs, os.path.dirname(rel))
                 _mkparents(active.fs, lowers[i], os.path.dirname(rel))
                 pst = os.lstat(parent)
                 os.link(os.path.join(active.fs, src), os.path.join(active.fs, rel))
                 os.utime(parent, ns=(pst.st_atime_ns, pst.st_mtime_ns))
+
+
+def _shadowed(layers: list[str], rel: str) -> bool:
+    """Is the lower name `rel` hidden or replaced by one of `layers` (the upper dir and the lower
+    dirs above it)? Every path component is checked with lstat, never followed: a parent that
+    became a symlink, a whiteout or a file, or an opaque directory, hides it, and so does any entry
+    at `rel` itself."""
+    import stat
+
+    from .layers import _OPAQUE_XATTRS, _lgetxattr
+    parts = rel.split("/")
+    for layer in layers:
+        cur = layer
+        for comp in parts[:-1]:
+            cur = os.path.join(cur, comp)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+            if any(_lgetxattr(os.fsencode(cur), x) == b"y" for x in _OPAQUE_XATTRS):
+                return True
+        else:
+            if os.path.lexists(os.path.join(cur, parts[-1])):
+                return True
+    return False
 
 
 def _mkparents(upper: Any, lower: str, rel: str) -> None:

@@ -272,3 +272,21 @@ def test_network_host_needs_the_entitlement(pybuild, workdir, base_image):
     assert r.returncode == 0, r.stderr
     r = pybuild("build", str(ctx), "--allow", "security.insecure")
     assert r.returncode == 2 and "rootless" in r.stderr
+
+
+@pytest.mark.parametrize("snapshotter", ["overlay", "native"])
+def test_hardlink_group_with_a_replaced_or_deleted_parent(pybuild, workdir, base_image, snapshotter):
+    """A step changes one name of a hard-link group whose other name's directory was deleted or
+    replaced by a symlink to a host-looking path: nothing is linked outside the rootfs."""
+    host_dir = workdir / "host-target"
+    host_dir.mkdir()
+    ctx = make_context(workdir / "ctx", {"Dockerfile": (
+        f"FROM {base_image}\n"
+        "RUN mkdir /a /b /c && echo x > /a/x && ln /a/x /b/y && ln /a/x /c/z\n"
+        f"RUN chmod 600 /a/x && rm -rf /b && rm -rf /c && ln -s {host_dir} /c\n")})
+    out = workdir / "o"
+    r = pybuild("build", str(ctx), "-o", str(out), env={"PYBUILD_SNAPSHOTTER": snapshotter})
+    assert r.returncode == 0, r.stderr
+    assert list(host_dir.iterdir()) == []
+    assert not (out / "b").exists() and os.readlink(out / "c") == str(host_dir)
+    assert oct((out / "a" / "x").stat().st_mode & 0o777) == "0o600"
