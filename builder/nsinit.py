@@ -19,6 +19,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import signal
 import struct
 import sys
@@ -77,15 +78,55 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
 
 
 def bind(src: str, target: str, *, readonly: bool, recursive: bool = False) -> None:
+    """Bind `src` on `target`. A read-only recursive bind makes every mount below read-only too
+    (a plain remount only covers the top one: /sys/fs/cgroup would stay writable)."""
     mount(src, target, None, MS_BIND | (MS_REC if recursive else 0))
-    if readonly:
-        st = os.statvfs(target)
-        keep = 0
-        for bit, ms in ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME),
-                        (2048, MS_NODIRATIME), (4096, MS_RELATIME)):
-            if st.f_flag & bit:
-                keep |= ms
-        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+    if not readonly:
+        return
+    if recursive and _setattr_rdonly_recursive(target):
+        return
+    _remount_rdonly(target)
+    if recursive:
+        for mp in _submounts(target):
+            _remount_rdonly(mp)
+
+
+def _remount_rdonly(target: str) -> None:
+    st = os.statvfs(target)
+    keep = 0      # flags locked by the parent user namespace must be repeated on a remount
+    for bit, ms in ((2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME),
+                    (2048, MS_NODIRATIME), (4096, MS_RELATIME)):
+        if st.f_flag & bit:
+            keep |= ms
+    mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+
+
+_SYS_MOUNT_SETATTR = 442          # the same number on every architecture (new syscall table)
+_AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
+
+
+def _setattr_rdonly_recursive(target: str) -> bool:
+    """mount_setattr(2) (Linux >= 5.12): the whole tree read-only in one call."""
+    attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    rc = _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD), target.encode(),
+                       ctypes.c_long(_AT_RECURSIVE), buf, ctypes.c_size_t(len(attr)))
+    return rc == 0
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")     # mountinfo escapes space, tab, newline and backslash
+
+
+def _submounts(target: str) -> list[str]:
+    """Mount points strictly below `target`, parents first (from /proc/self/mountinfo)."""
+    prefix = target.rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            mp = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if mp.startswith(prefix):
+                out.append(mp)
+    return sorted(set(out), key=len)
 
 
 def overlay_options(lower: list[str], upper: str | None, work: str | None) -> str:

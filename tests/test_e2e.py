@@ -290,3 +290,14 @@ def test_hardlink_group_with_a_replaced_or_deleted_parent(pybuild, workdir, base
     assert list(host_dir.iterdir()) == []
     assert not (out / "b").exists() and os.readlink(out / "c") == str(host_dir)
     assert oct((out / "a" / "x").stat().st_mode & 0o777) == "0o600"
+
+
+def test_run_cannot_write_host_sysfs_or_cgroups(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": (
+        f"FROM {base_image}\n"
+        "RUN for d in /sys/fs/cgroup /sys/fs/cgroup/* /sys/kernel; do "
+        "mkdir $d/pybuild-probe 2>/dev/null && echo \"W $d\" && rmdir $d/pybuild-probe; done > /probe; true\n")})
+    out = workdir / "o"
+    r = pybuild("build", str(ctx), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "probe").read_text() == "", (out / "probe").read_text()
