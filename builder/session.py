@@ -203,7 +203,7 @@ class BuildSession:
             raise UsageError(f"--platform {req.platform}: only the host platform ({Platform.host()}) can be built")
         named, contexts = self._named_contexts()
         contexts["context"] = context
-        excludes = read_dockerignore(context, dockerfile.name)
+        excludes = read_dockerignore(context, str(dockerfile.resolve()))
         opts = FrontendOptions(filename=dockerfile.name, build_args=dict(req.build_args), target=req.target,
                                platform=platform, build_platform=Platform.host(), named_contexts=named,
                                context_excludes=excludes, resolver=self)

@@ -143,8 +143,8 @@ class _Converter:
                      base_history=res.config.history, author=res.config.author)
 
     def from_ref(self, st: StageState, ins: I.Instruction, ref: str) -> Vertex:
-        """`--from=` / `from=`: named context, stage (name or index) or image reference."""
-        ref = self.expand_ref(ref)
+        """`--from=` / `from=`: named context, stage (name or index) or image reference. Taken as
+        written: BuildKit expands no ARG there (`--from=$STAGE` is an invalid image reference)."""
         if ref in self.opts.named_contexts:
             return self._named(ref, st.platform, ins).vertex
         stage = self.stages.lookup(ref)

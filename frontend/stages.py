@@ -104,8 +104,9 @@ def _refs(stage: Stage) -> list[tuple[str, int, bool]]:
 
 def build_order(stages: Stages, target: Stage, expand: Callable[[str], str], *, filename: str,
                 is_named_context: Callable[[str], bool]) -> tuple[Stage, ...]:
-    """Stages the target needs, dependencies first. `expand` applies the global ARGs to a
-    reference; references that are named contexts or no stage are images (not followed)."""
+    """Stages the target needs, dependencies first. `expand` applies the global ARGs to a FROM
+    reference (BuildKit leaves `COPY --from=` and `--mount from=` as written); references that are
+    named contexts or no stage are images (not followed)."""
     order: list[Stage] = []
     state: dict[int, str] = {}
 
@@ -114,7 +115,7 @@ def build_order(stages: Stages, target: Stage, expand: Callable[[str], str], *, 
             return
         state[st.index] = "visiting"
         for ref, line, is_from in _refs(st):
-            name = expand(ref)
+            name = expand(ref) if is_from else ref     # BuildKit never expands --from / from=
             if is_named_context(name):
                 continue
             dep = stages.lookup(name, before=st.index if is_from else None)

@@ -325,3 +325,11 @@ def test_add_checksum_takes_one_source() -> None:
     with pytest.raises(DockerfileError) as ei:
         conv("FROM busybox\nADD --checksum=sha256:" + "0" * 64 + " http://h/a http://h/b /d/\n")
     assert "multiple sources" in str(ei.value)
+
+
+def test_copy_from_is_taken_as_written() -> None:
+    """BuildKit 20.10 expands no ARG in COPY --from (err-copy-from-arg-unexpanded)."""
+    g = conv("ARG S=build\nFROM busybox AS build\nRUN true\nFROM busybox\nCOPY --from=build /a /a\n")
+    assert any(isinstance(v.op, FileOp) for v in chain(g.target.vertex))
+    names = [v.name for v in chain(g.target.vertex)]
+    assert not any("${S}" in n for n in names)
