@@ -178,7 +178,7 @@ def _exec_mounts(server: _Server, op: Any, mount_sources: Any, secrets: Any, sd:
         if m.type == "bind":
             out.append(_bind_mount(server, m, mount_sources, sd, n, stack))
         elif m.type == "cache":
-            out.append(_cache_mount(server, m, sd, n, stack))
+            out.append(_cache_mount(server, m, mount_sources, sd, n, stack))
         elif m.type == "tmpfs":
             out.append({"kind": "tmpfs", "target": m.target, "size": m.size})
         elif m.type == "secret":
@@ -193,7 +193,17 @@ def _bind_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, st
     from .errors import SandboxError, SourceError
     if m.input is None or m.input not in mount_sources:
         raise SandboxError(f"bind mount {m.target}: no source given for input {m.input}")
-    base, _ = _source_path(server, mount_sources[m.input], sd / f"b{n}", stack)
+    source = mount_sources[m.input]
+    from .image import HostDir
+    if isinstance(source, HostDir):
+        # The build context as a step sees it: .dockerignore applied, every file 0:0 (as BuildKit,
+        # whose client resets owners when it sends the context); a private copy, so rw writes
+        # are thrown away with it.
+        copy = sd / f"ctx{n}"
+        src = _filled_from_context(source, m.source or "/", copy)
+        is_file = not os.path.isdir(src)
+        return {"kind": "bind", "src": src, "target": m.target, "readonly": m.readonly, "file": is_file}
+    base, _ = _source_path(server, source, sd / f"b{n}", stack)
     try:
         src = nsinit.resolve(base, m.source or "/", create=None, stubs=None)
     except FileNotFoundError as e:
@@ -213,6 +223,23 @@ def _bind_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, st
     return {"kind": "overlay", "lower": [src, str(empty)], "upper": str(up), "work": str(wk), "target": m.target}
 
 
+def _filled_from_context(source: Any, subpath: str, dest: Path) -> str:
+    """Copy `subpath` of a host context (excludes applied, owners reset to 0:0) to `dest`; return
+    the path of the copied directory or file."""
+    from . import ops
+    from .errors import SourceError
+    from .fileop import SourceDir, apply_file_op
+    dest.mkdir(mode=0o755)
+    rel = subpath.strip("/") or "."
+    src_dir = SourceDir(path=source.path, excludes=tuple(source.excludes), reset_owner=True)
+    try:
+        apply_file_op(dest, ops.FileOp(actions=(ops.Copy(src=1, src_paths=(rel,), dest="/x", allow_wildcard=False),)),
+                      {1: src_dir})
+    except SourceError as e:
+        raise SourceError(f"bind mount source {subpath!r} not found in the build context") from e
+    return str(dest / "x")
+
+
 def _sanitise(cache_id: str) -> str:
     import hashlib
     import re
@@ -220,7 +247,25 @@ def _sanitise(cache_id: str) -> str:
     return f"{safe}-{hashlib.sha256(cache_id.encode()).hexdigest()[:12]}"
 
 
-def _cache_mount(server: _Server, m: Any, sd: Any, n: int, stack: Any) -> dict:
+def _seed_cache(server: _Server, source: Any, subpath: str, dest: Path, view: Path, stack: Any) -> None:
+    """A new cache directory filled from `from=` (a stage or the context) at `source=`."""
+    from . import nsinit
+    from .errors import SourceError
+    from .image import HostDir
+    from .snapshot import copy_tree
+    if isinstance(source, HostDir):
+        filled = _filled_from_context(source, subpath, view)
+        os.rename(filled, dest)
+        return
+    base, _ = _source_path(server, source, view, stack)
+    try:
+        src = nsinit.resolve(base, subpath, create=None, stubs=None)
+    except FileNotFoundError as e:
+        raise SourceError(f"cache mount source {subpath!r} not found") from e
+    copy_tree(Path(src), dest)
+
+
+def _cache_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, stack: Any) -> dict:
     import fcntl
 
     from .userns import require_ids
@@ -231,9 +276,14 @@ def _cache_mount(server: _Server, m: Any, sd: Any, n: int, stack: Any) -> dict:
     d = base / _sanitise(m.cache_id or m.target)
     if not d.is_dir():
         tmp = sd / f"c{n}"
-        tmp.mkdir(mode=0o755)
+        if m.input is not None and m.input in mount_sources:      # from=: seeded once, when created
+            _seed_cache(server, mount_sources[m.input], m.source or "/", tmp, sd / f"cs{n}", stack)
+        else:
+            tmp.mkdir(mode=0o755)
         os.chown(tmp, uid, gid)
-        os.chmod(tmp, m.mode if m.mode is not None else 0o755)
+        # BuildKit 20.10 creates the directory with the mode's permission bits only (Go's
+        # os.FileMode drops setuid/setgid/sticky there): mode=1777 gives 0777 & ~umask = 0755.
+        os.chmod(tmp, (m.mode & 0o777) & ~0o022 if m.mode is not None else 0o755)
         try:
             os.rename(tmp, d)
         except OSError:

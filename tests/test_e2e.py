@@ -301,3 +301,17 @@ def test_run_cannot_write_host_sysfs_or_cgroups(pybuild, workdir, base_image):
     r = pybuild("build", str(ctx), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert (out / "probe").read_text() == "", (out / "probe").read_text()
+
+
+def test_context_bind_mount_applies_dockerignore_and_resets_owners(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {
+        "Dockerfile": f"FROM {base_image}\nRUN --mount=type=bind,target=/src,rw=true "
+                      "ls -A /src | sort > /seen && stat -c '%u:%g' /src/kept.txt > /owner && echo x > /src/new\n",
+        ".dockerignore": "secret.txt\n", "kept.txt": "k", "secret.txt": "s"})
+    os.chown(ctx / "kept.txt", 1234, 4321)
+    out = workdir / "o"
+    r = pybuild("build", str(ctx), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "seen").read_text().split() == [".dockerignore", "Dockerfile", "kept.txt"]
+    assert (out / "owner").read_text() == "0:0\n"
+    assert not (ctx / "new").exists() and not (out / "src" / "new").exists()
