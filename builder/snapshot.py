@@ -34,7 +34,7 @@ from .image import Chain, chain_id
 from .compression import open_uncompressed
 from .layerapply import apply_layer
 from .layerdiff import overlay_changes, tree_changes
-from .layers import Change
+from .layers import Change, remove_path
 from .store import ContentStore, file_lock
 
 MAX_LOWERS = 35
@@ -102,8 +102,10 @@ def remove_tree(p: Path) -> None:
 def copy_tree(src: Path, dst: Path, *, owners: bool = True, exist_ok: bool = False) -> None:
     """Copy directory `src` to new directory `dst` preserving types, modes, mtimes, xattrs,
     hard links and (when `owners`) owners. Device nodes are recreated when permitted and skipped
-    otherwise (as containerd does in user namespaces). With `exist_ok`, `dst` may exist already
-    (its contents are merged; its own metadata becomes src's)."""
+    otherwise (as containerd does in user namespaces). With `exist_ok`, `dst` may exist already:
+    the trees are merged, an existing directory is reused and any other existing entry is
+    replaced (never followed: a symlink in `dst` is replaced, not written through); `dst`'s own
+    metadata becomes src's. This is what a local export into a used folder needs."""
     links: dict[tuple[int, int], bytes] = {}
     dirs: list[tuple[bytes, os.stat_result]] = []
     s, d = os.fsencode(src), os.fsencode(dst)
@@ -112,24 +114,33 @@ def copy_tree(src: Path, dst: Path, *, owners: bool = True, exist_ok: bool = Fal
         os.mkdir(d, 0o700)
     _copy_meta(s, d, st, owners)
     dirs.append((d, st))
-    _copy_dir(s, d, owners, links, dirs)
+    _copy_dir(s, d, owners, links, dirs, exist_ok)
     for path, st in reversed(dirs):
         os.chmod(path, stat.S_IMODE(st.st_mode))
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _copy_dir(s: bytes, d: bytes, owners: bool, links: dict, dirs: list) -> None:
+def _copy_dir(s: bytes, d: bytes, owners: bool, links: dict, dirs: list, merge: bool) -> None:
     with os.scandir(s) as it:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
         sp, dp = s + b"/" + e.name, d + b"/" + e.name
         st = os.lstat(sp)
         mode = st.st_mode
+        reuse_dir = False
+        if merge:
+            try:
+                reuse_dir = stat.S_ISDIR(mode) and stat.S_ISDIR(os.lstat(dp).st_mode)
+                if not reuse_dir:
+                    remove_path(Path(os.fsdecode(dp)))
+            except FileNotFoundError:
+                pass
         if stat.S_ISDIR(mode):
-            os.mkdir(dp, 0o700)
+            if not reuse_dir:
+                os.mkdir(dp, 0o700)
             _copy_meta(sp, dp, st, owners)
             dirs.append((dp, st))
-            _copy_dir(sp, dp, owners, links, dirs)
+            _copy_dir(sp, dp, owners, links, dirs, merge)
             continue
         if st.st_nlink > 1 and not stat.S_ISDIR(mode):
             first = links.get((st.st_dev, st.st_ino))

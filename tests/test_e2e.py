@@ -315,3 +315,20 @@ def test_context_bind_mount_applies_dockerignore_and_resets_owners(pybuild, work
     assert (out / "seen").read_text().split() == [".dockerignore", "Dockerfile", "kept.txt"]
     assert (out / "owner").read_text() == "0:0\n"
     assert not (ctx / "new").exists() and not (out / "src" / "new").exists()
+
+
+def test_local_output_into_a_used_folder_replaces_what_is_there(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nRUN mkdir -p /etc/x && echo new > /etc/x/f\n"})
+    out = workdir / "o"
+    (out / "etc" / "x").mkdir(parents=True)
+    (out / "etc" / "x" / "f").write_text("old")
+    (out / "stale.txt").write_text("kept")          # buildx's local exporter leaves other files
+    outside = workdir / "outside"
+    outside.mkdir()
+    os.symlink(outside, out / "tmp")                 # replaced, never written through
+    for _ in range(2):
+        r = pybuild("build", str(ctx), "-o", str(out))
+        assert r.returncode == 0, r.stderr
+    assert (out / "etc" / "x" / "f").read_text() == "new\n"
+    assert (out / "stale.txt").read_text() == "kept"
+    assert (out / "tmp").is_dir() and not (out / "tmp").is_symlink() and list(outside.iterdir()) == []
