@@ -18,6 +18,7 @@ class OutputSpec:
     type: Literal["oci", "tar", "local", "image"]
     dest: str = ""
     compression: Compression = "gzip"
+    names: tuple[str, ...] = ()          # type=image,name=a,b: tags besides -t
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,8 +29,9 @@ def parse_output(text: str) -> Any:
         return OutputSpec(type="tar", dest="-")
     if "=" not in text:
         return OutputSpec(type="local", dest=text)
+    import csv
     fields: dict[str, str] = {}
-    for part in text.split(","):
+    for part in next(csv.reader([text])):      # CSV like buildx: type=image,"name=a:1,b:2"
         k, sep, v = part.partition("=")
         if not sep:
             raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint="--output")
@@ -44,12 +45,22 @@ def parse_output(text: str) -> Any:
         raise click.BadParameter(f"compression={comp}: use gzip, zstd or uncompressed", param_hint="--output")
     if typ != "oci" and comp != "gzip":
         raise click.BadParameter("compression= applies to type=oci only", param_hint="--output")
-    fields.pop("name", None) if typ == "image" else None
+    names = tuple(n for n in fields.pop("name", "").split(",") if n) if typ == "image" else ()
     if fields:
         raise click.BadParameter(f"unknown key(s) {', '.join(sorted(fields))}", param_hint="--output")
     if typ in ("oci", "tar", "local") and not dest:
         raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
-    return OutputSpec(type=typ, dest=dest, compression=comp)  # type: ignore[arg-type]
+    return OutputSpec(type=typ, dest=dest, compression=comp, names=names)  # type: ignore[arg-type]
+
+
+def parse_source_date_epoch(env: dict[str, str]) -> int | None:
+    """SOURCE_DATE_EPOCH: unset or empty → None; otherwise whole seconds since 1970, or an error."""
+    text = env.get("SOURCE_DATE_EPOCH", "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise click.BadParameter(f"SOURCE_DATE_EPOCH={text!r}: want whole seconds since 1970-01-01")
+    return int(text)
 
 
 def parse_build_args(items: Sequence[str], env: dict[str, str]) -> dict[str, str]:
@@ -70,6 +81,10 @@ def parse_secrets(items: Sequence[str], env: dict[str, str]) -> dict[str, bytes]
     out: dict[str, bytes] = {}
     for it in items:
         fields = dict(p.partition("=")[::2] for p in it.split(","))
+        unknown = set(fields) - {"id", "src", "source", "env", "type"}
+        if unknown or fields.get("type", "file") not in ("file", "env"):
+            raise click.BadParameter(f"{it!r}: want id=ID with src=PATH or env=VAR (type=file|env)",
+                                     param_hint="--secret")
         sid = fields.get("id", "")
         src = fields.get("src") or fields.get("source") or ""
         var = fields.get("env", "")
@@ -155,7 +170,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         docker_config=docker_config_path(env),
         snapshotter=snapshotter,  # type: ignore[arg-type]
         stdout=sys.stdout.buffer if to_stdout else None,
-        source_date_epoch=int(env["SOURCE_DATE_EPOCH"]) if env.get("SOURCE_DATE_EPOCH", "").isdigit() else None,
+        source_date_epoch=parse_source_date_epoch(env),
         allow=allow,
     )
     result = build(req)

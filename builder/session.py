@@ -199,8 +199,10 @@ class BuildSession:
         except OSError as e:
             raise UsageError(f"cannot read Dockerfile {dockerfile}: {e.strerror}") from e
         platform = Platform.parse(req.platform) if req.platform else Platform.host()
-        if req.platform and str(platform) != str(Platform.host()) and platform.architecture != Platform.host().architecture:
-            raise UsageError(f"--platform {req.platform}: only the host platform ({Platform.host()}) can be built")
+        host = Platform.host()
+        if req.platform and (platform.os, platform.architecture) != (host.os, host.architecture):
+            raise UsageError(f"--platform {req.platform}: only the host platform ({host}) can be built")
+        self._check_tags()
         named, contexts = self._named_contexts()
         contexts["context"] = context
         excludes = read_dockerignore(context, str(dockerfile.resolve()))
@@ -228,6 +230,15 @@ class BuildSession:
         return BuildResult(digest=str(image.manifest_descriptor.digest),
                            config_digest=str(image.config_descriptor.digest),
                            descriptor=image.manifest_descriptor, metadata=meta)
+
+    def _check_tags(self) -> None:
+        """Image names are checked before anything runs, not when the image is stored."""
+        from .reference import Reference
+        for t in (*self.req.tags, *(n for o in self.req.outputs for n in o.names)):
+            try:
+                Reference.parse(t)
+            except ValueError as e:
+                raise UsageError(f"-t {t}: {e}") from e
 
     def _check_entitlements(self, graph: Any) -> None:
         """`RUN --network=host` needs the network.host entitlement (`--allow network.host`), as in
@@ -315,7 +326,7 @@ class BuildSession:
             image = assemble_image(self.store, chain, config)
             if out.type == "image":
                 from .reference import Reference
-                for t in self.req.tags:
+                for t in (*self.req.tags, *out.names):
                     self.store.tag(str(Reference.parse(t)), image.manifest_descriptor)
             elif out.dest == "-":
                 write_oci_tar(self.store, image, self._stdout(), tags=self.req.tags)

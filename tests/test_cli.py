@@ -47,3 +47,22 @@ def test_bad_usage_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as ei:
         main(["build", "--no-such-flag", str(tmp_path)])
     assert ei.value.code == 2
+
+
+def test_image_output_names_and_strict_inputs(monkeypatch):
+    assert parse_output('type=image,"name=a:1,b:2"') == OutputSpec(type="image", names=("a:1", "b:2"))
+    from builder.cli import parse_source_date_epoch
+    assert parse_source_date_epoch({}) is None and parse_source_date_epoch({"SOURCE_DATE_EPOCH": "10"}) == 10
+    for bad in ("-1", "1.5", "x"):
+        with pytest.raises(click.BadParameter):
+            parse_source_date_epoch({"SOURCE_DATE_EPOCH": bad})
+    with pytest.raises(click.BadParameter):
+        parse_secrets(["id=a,src=/etc/hostname,bogus=1"], {})
+
+
+def test_bad_tag_and_foreign_platform_fail_before_building(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    for args in (["-t", "Bad:Tag"], ["--platform", "windows/amd64"]):
+        with pytest.raises(SystemExit) as ei:
+            main(["build", *args, str(tmp_path)])
+        assert ei.value.code == 2
