@@ -34,7 +34,7 @@ class BuildRequest:
     build_contexts: Mapping[str, str] = field(default_factory=dict)   # NAME -> DIR | oci-layout://DIR[:TAG] | docker-image://REF
     secrets: Mapping[str, bytes] = field(default_factory=dict)
     insecure_registries: tuple[str, ...] = ()
-    root: Path = Path.home() / ".local" / "share" / "pybuild"
+    root: Path | None = None                            # default: ~/.local/share/pybuild (resolved per build)
     platform: str | None = None
     progress: ProgressSink = null_sink
     docker_config: Path | None = None

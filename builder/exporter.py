@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from .compression import Compressor, open_uncompressed
-from .digest import Digest
 from .image import Chain, LayerRef
 from .oci import Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
-from .store import ContentStore, atomic_write
+from .store import ContentStore, atomic_output, atomic_write
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20
@@ -103,22 +102,5 @@ def write_oci_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, tag
 
 def write_oci_file(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = ()) -> None:
     """write_oci_tar into `dest` via a temp file renamed into place."""
-    import os
-    import tempfile
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_oci_tar(store, image, f, tags=tags)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def layer_digests(image: BuiltImage) -> list[Digest]:
-    return [l.digest for l in image.manifest.layers]
+    with atomic_output(dest) as f:
+        write_oci_tar(store, image, f, tags=tags)

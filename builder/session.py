@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Union
 from .api import BuildRequest, BuildResult, OutputSpec
 from .cache import CacheIndex
 from .compression import Compression
-from .errors import DockerfileError, PybuildError, SourceError, UsageError
+from .errors import DockerfileError, PybuildError, SandboxError, SourceError, UsageError
 from .image import Chain, HostDir, LayerRef
 from .oci import History, ImageConfig, Platform
 from .ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
@@ -35,11 +35,14 @@ class LazyWorker:
     def __init__(self, factory: Any) -> None:
         self._factory = factory
         self._worker: Any = None
+        self._closed = False
         self._lock = threading.Lock()
         self._stack = contextlib.ExitStack()
 
     def _get(self) -> Any:
         with self._lock:
+            if self._closed:     # a prestart that lost the race with a fast failure starts nothing
+                raise SandboxError("the build is over: the sandbox worker is closed")
             if self._worker is None:
                 self._worker = self._stack.enter_context(self._factory())
             return self._worker
@@ -70,13 +73,14 @@ class LazyWorker:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._stack.close()
 
 
 class BuildSession:
     def __init__(self, req: BuildRequest) -> None:
         self.req = req
-        self.root = Path(req.root)
+        self.root = Path(req.root) if req.root is not None else Path.home() / ".local" / "share" / "pybuild"
         self.root.mkdir(parents=True, exist_ok=True)
         from .store import ContentStore
         self.store = ContentStore(self.root)
@@ -337,17 +341,9 @@ class BuildSession:
             if out.dest == "-":
                 worker.export_rootfs(chain=chain, dest_tar=self._stdout())
             else:
-                dest = Path(out.dest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        worker.export_rootfs(chain=chain, dest_tar=f)
-                    os.chmod(tmp, 0o644)
-                    os.replace(tmp, dest)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                from .store import atomic_output
+                with atomic_output(Path(out.dest)) as f:
+                    worker.export_rootfs(chain=chain, dest_tar=f)
             return None
         if out.type == "local":
             worker.export_rootfs(chain=chain, dest_dir=Path(out.dest))

@@ -33,13 +33,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write-temp-then-rename, fsynced. The only way metadata files are written."""
+@contextlib.contextmanager
+def atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write-temp-then-rename: yields a file in `path`'s directory; when the block ends normally
+    it is fsynced and renamed onto `path` (and the directory fsynced); on any error it is removed
+    and `path` is untouched. Every file pybuild writes (metadata, outputs) goes through here."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -49,6 +52,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write-temp-then-rename, fsynced. The only way metadata files are written."""
+    with atomic_output(path, mode=mode) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager

@@ -77,7 +77,7 @@ def _is_git(src: str) -> bool:
 
 def _url_filename(url: str) -> str:
     base = posixpath.basename(urlparse(url).path.rstrip("/"))
-    return base if base not in ("", ".", "/") else "__unnamed__"
+    return base if base not in ("", ".", "..", "/") else "__unnamed__"
 
 
 def _dest(st: StageState, c: I.Copy, raw: str) -> str:
