@@ -86,7 +86,10 @@ class BuildSession:
         self.store = ContentStore(self.root)
         self.cache = CacheIndex(self.root)
         (self.root / "tmp").mkdir(exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="build-"))
+        from .store import remove_stale
+        remove_stale(self.root / "tmp", "build-")              # left by builds that were killed
+        remove_stale(self.store.ingest_dir, "ingest-")
+        self.tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"build-{os.getpid()}-"))
         self._stack = contextlib.ExitStack()
         self._client: Any = None
         self._loaded: dict[str, Chain] = {}

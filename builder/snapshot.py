@@ -35,7 +35,7 @@ from .compression import open_uncompressed
 from .layerapply import apply_layer
 from .layerdiff import overlay_changes, tree_changes
 from .layers import Change, remove_path
-from .store import ContentStore, file_lock
+from .store import ContentStore, file_lock, pid_alive
 
 MAX_LOWERS = 35
 FLATTEN_EVERY = 32
@@ -376,12 +376,7 @@ def clean_stale(*dirs: Path) -> None:
             m = _TMP_NAME.match(p.name)
             if m is None or not p.is_dir():
                 continue
-            try:
-                os.kill(int(m.group(1)), 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
+            if pid_alive(int(m.group(1))):
                 continue
             with contextlib.suppress(OSError):
                 remove_tree(p)

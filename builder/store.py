@@ -81,7 +81,7 @@ class IngestWriter:
         self._store = store
         self._expected = expected
         self._expected_size = expected_size
-        fd, self._tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix="ingest-")
+        fd, self._tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix=f"ingest-{os.getpid()}-")
         self._file = os.fdopen(fd, "wb")
         self._hash = DigestingWriter(self._file, expected.algorithm if expected else "sha256")
         self.result: tuple[Digest, int] | None = None
@@ -113,6 +113,36 @@ class IngestWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` (of this pid namespace) still there? Unknown (not ours) counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(directory: Path, prefix: str) -> int:
+    """Remove entries `<prefix><pid>-*` of `directory` whose process is gone (a killed build's
+    ingest files and temp dirs); returns how many. Live builds' entries are never touched."""
+    import shutil
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for p in directory.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed += 1
+    return removed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

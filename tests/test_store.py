@@ -54,3 +54,17 @@ def test_tags_survive_concurrent_processes(tmp_path):
         assert p.exitcode == 0
     names = [t.name for t in ContentStore(tmp_path).list_tags()]
     assert names == ["img0", "img1", "img2", "img3"]
+
+
+def test_stale_entries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+    from builder.store import remove_stale
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"ingest-{dead.pid}-abc").write_bytes(b"partial")
+    (tmp_path / f"build-{dead.pid}-x").mkdir()
+    (tmp_path / f"ingest-{os.getpid()}-mine").write_bytes(b"in progress")
+    (tmp_path / "unrelated").write_bytes(b"")
+    assert remove_stale(tmp_path, "ingest-") == 1
+    assert remove_stale(tmp_path, "build-") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"ingest-{os.getpid()}-mine", "unrelated"]
