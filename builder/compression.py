@@ -26,6 +26,12 @@ __all__ = ["Compressor", "detect_compression", "open_uncompressed", "ISAL_LEVEL"
            "ZSTD_LEVEL", "ZSTD_THREADS"]
 
 
+class Readable(Protocol):
+    """Anything bytes can be read from (a file, a decompressor, the store's VerifyingReader)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class Sink(Protocol):
     """Anything bytes can be written to (a file, the store's IngestWriter, a DigestingWriter)."""
 
@@ -67,7 +73,7 @@ class Compressor:
 
 
 class _Prefixed(io.RawIOBase):
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: Readable) -> None:
         super().__init__()
         self._head = head
         self._rest = rest
@@ -98,7 +104,7 @@ def detect_compression(head: bytes) -> Literal["gzip", "zstd", "bzip2", "xz", "u
     return "uncompressed"
 
 
-def open_uncompressed(f: BinaryIO) -> BinaryIO:
+def open_uncompressed(f: Readable) -> BinaryIO:
     """A streaming reader of `f`'s uncompressed bytes (gzip, zstd, bzip2, xz or plain, told
     apart by magic bytes). Closing the result does not close `f`."""
     head = b""

@@ -96,8 +96,9 @@ def write_oci_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, tag
         for d in ("blobs/", "blobs/sha256/"):
             tf.addfile(_tarinfo(d, 0, directory=True))
         for dg in blobs:
-            with store.open(dg) as f:
-                tf.addfile(_tarinfo(f"blobs/{dg.algorithm}/{dg.hex}", store.size(dg)), f)
+            size = store.size(dg)
+            with store.open_verified(dg, size) as f:     # a corrupt blob is never exported
+                tf.addfile(_tarinfo(f"blobs/{dg.algorithm}/{dg.hex}", size), f)  # type: ignore[arg-type]
 
 
 def write_oci_file(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = ()) -> None:

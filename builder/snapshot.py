@@ -35,7 +35,7 @@ from .compression import open_uncompressed
 from .layerapply import apply_layer
 from .layerdiff import overlay_changes, tree_changes
 from .layers import Change, remove_path
-from .store import ContentStore, file_lock, pid_alive
+from .store import ContentStore, VerifyingReader, file_lock, pid_alive
 
 MAX_LOWERS = 35
 FLATTEN_EVERY = 32
@@ -233,8 +233,11 @@ class _Base:
 
     def _apply_blob(self, chain: Chain, i: int, dest: Path, whiteouts: Literal["overlay", "delete"]) -> None:
         desc = chain[i].descriptor
-        with self.store.open(desc.digest) as f, open_uncompressed(f) as u:
-            apply_layer(u, dest, whiteouts=whiteouts)
+        with self.store.open_verified(desc.digest, desc.size) as f, open_uncompressed(f) as u:
+            checked = VerifyingReader(u, chain[i].diff_id, what="layer diff_id")
+            apply_layer(checked, dest, whiteouts=whiteouts)  # type: ignore[arg-type]
+            while checked.read(1 << 20):     # tar padding after the end marker, then the check
+                pass
 
     def commit(self, active: Active, new_chain: Chain) -> None:
         """Install `active` as the snapshot of `new_chain` (or drop it if one exists)."""

@@ -73,6 +73,47 @@ def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+class VerifyingReader:
+    """Reads a stream, hashing as it goes; raises DigestMismatchError as soon as the bytes read
+    reach `size` (or the end) and their digest is not `expected`, or when there are more bytes
+    than `size`. A consumer that stops early verifies nothing: read to the end."""
+
+    def __init__(self, inner: BinaryIO, expected: Digest, size: int | None = None, *, what: str = "blob") -> None:
+        self._inner = inner
+        self._expected = expected
+        self._size = size
+        self._what = what
+        self._hash = expected.hasher()
+        self._n = 0
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        b = self._inner.read(n)
+        if b:
+            self._hash.update(b)
+            self._n += len(b)
+            if self._size is not None and self._n > self._size:
+                raise StoreError(f"{self._what} {self._expected}: more than {self._size} bytes")
+        if not self._checked and (not b or self._n == self._size):
+            self._checked = True
+            actual = Digest(self._expected.algorithm, self._hash.hexdigest())
+            if actual != self._expected:
+                raise DigestMismatchError(str(self._expected), str(actual), self._what)
+        return b
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> "VerifyingReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class IngestWriter:
     """A blob being written. Use as a context manager; `commit()` moves it into the store.
     Leaving the block without commit discards the ingest file."""
@@ -174,6 +215,10 @@ class ContentStore:
             return open(self.path(d), "rb")
         except FileNotFoundError as e:
             raise StoreError(f"blob {d} not in store") from e
+
+    def open_verified(self, d: Digest, size: int | None = None) -> VerifyingReader:
+        """Like open, but the bytes are checked against `d` (and `size`) as they are read."""
+        return VerifyingReader(self.open(d), d, size, what="stored blob")
 
     def read_bytes(self, d: Digest, *, max_size: int = 16 << 20) -> bytes:
         """Read a small blob (manifest, config) whole, verifying digest and size cap."""

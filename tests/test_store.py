@@ -68,3 +68,34 @@ def test_stale_entries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     assert remove_stale(tmp_path, "ingest-") == 1
     assert remove_stale(tmp_path, "build-") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"ingest-{os.getpid()}-mine", "unrelated"]
+
+
+def test_verified_reads_catch_corruption_at_the_end(tmp_path):
+    from builder.store import VerifyingReader
+    s = ContentStore(tmp_path)
+    d, n = s.put_bytes(b"x" * 1000)
+    with s.open_verified(d, n) as f:
+        assert f.read() == b"x" * 1000
+    os.chmod(s.path(d), 0o644)
+    s.path(d).write_bytes(b"y" * 1000)
+    with pytest.raises(DigestMismatchError):
+        with s.open_verified(d, n) as f:
+            while f.read(100):
+                pass
+    with pytest.raises(StoreError):
+        VerifyingReader(io.BytesIO(b"z" * 11), Digest.of_bytes(b"z" * 10), 10).read()
+
+
+def test_corrupt_layer_blob_is_not_exported_or_applied(tmp_path):
+    """The exporter streams blobs through a verifying reader."""
+    from builder.exporter import assemble_image, write_oci_tar
+    from builder.image import LayerRef
+    s = ContentStore(tmp_path)
+    d, n = s.put_bytes(b"layer-bytes")
+    layer = LayerRef(descriptor=Descriptor(media_type=MediaType.OCI_LAYER, digest=d, size=n), diff_id=d)
+    from builder.oci import ImageConfig
+    img = assemble_image(s, (layer,), ImageConfig())
+    write_oci_tar(s, img, io.BytesIO())
+    s.path(d).write_bytes(b"LAYER-BYTES")
+    with pytest.raises(DigestMismatchError):
+        write_oci_tar(s, img, io.BytesIO())
