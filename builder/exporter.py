@@ -14,10 +14,9 @@ from typing import BinaryIO, Iterable
 
 from .compression import Compressor, open_uncompressed
 from .image import Chain, LayerRef
-from .oci import Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
+from .oci import REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
 from .store import ContentStore, atomic_output, atomic_write
 
-REF_NAME = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20
 
 

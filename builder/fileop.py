@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import ops
-from .errors import IdMappingError, SourceError
+from .errors import SourceError
 from .compression import detect_compression, open_uncompressed
 from .layerapply import apply_layer
-from .layers import CHUNK, ID_MAPPING_HINT, remove_path, resolve_in_root
+from .layers import _SKIP_XATTR_PREFIXES, CHUNK, lchown_mapped, remove_path, resolve_in_root
 from .pathmatch import PathMatcher, glob_match
 
 __all__ = ["SourceDir", "SourceMatch", "apply_file_op", "resolve_sources", "resolve_chown",
@@ -195,13 +195,7 @@ def resolve_chown(root: Path, chown: ops.Chown | None) -> tuple[int, int] | None
 
 
 def _lchown(path: Path | bytes, uid: int, gid: int) -> None:
-    try:
-        os.lchown(path, uid, gid)
-    except OSError as e:
-        if e.errno in (errno.EINVAL, errno.EPERM):
-            raise IdMappingError(f"cannot set owner {uid}:{gid} on {os.fsdecode(path)!r}: "
-                                 f"{ID_MAPPING_HINT}") from e
-        raise
+    lchown_mapped(path, uid, gid)
 
 
 def _mkdir_all(root: Path, path: Path, mode: int, owner: tuple[int, int]) -> None:
@@ -332,7 +326,7 @@ def _copy_xattrs(src: Path, dst: Path) -> None:
     except OSError:
         return
     for x in names:
-        if x.startswith(("user.overlay.", "trusted.overlay.", "security.selinux")):
+        if x.startswith(_SKIP_XATTR_PREFIXES):
             continue
         try:
             os.setxattr(dst, x, os.getxattr(src, x, follow_symlinks=False), follow_symlinks=False)

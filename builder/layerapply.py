@@ -8,7 +8,6 @@ names are cleaned inside dest), sizes capped against bombs.
 """
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
 import stat
@@ -16,9 +15,9 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from .errors import IdMappingError, LayerError
-from .layers import (CHUNK, ID_MAPPING_HINT, OPAQUE_WHITEOUT, WHITEOUT_PREFIX,
-                     _rel, _split, remove_path, resolve_in_root)
+from .errors import LayerError
+from .layers import (CHUNK, OPAQUE_WHITEOUT, WHITEOUT_PREFIX, _rel, lchown_mapped,
+                     _split, remove_path, resolve_in_root)
 
 __all__ = ["apply_layer"]
 
@@ -171,13 +170,7 @@ class _Applier:
             self.unpacked.add(os.fsencode(victim))
 
     def _meta(self, path: Path, m: tarfile.TarInfo) -> None:
-        try:
-            os.lchown(path, m.uid, m.gid)
-        except OSError as e:
-            if e.errno in (errno.EINVAL, errno.EPERM):
-                raise IdMappingError(f"cannot set owner {m.uid}:{m.gid} on {m.name!r}: "
-                                     f"{ID_MAPPING_HINT}") from e
-            raise
+        lchown_mapped(path, m.uid, m.gid, what=repr(m.name))
         for k, v in sorted(m.pax_headers.items()):
             if k.startswith("SCHILY.xattr."):
                 try:

@@ -12,6 +12,7 @@ exact bytes of names through `os.fsdecode` (surrogateescape).
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import BinaryIO, Iterable, Literal
 
 from .compression import CHUNK, Compressor
 from .digest import Digest, DigestingWriter
-from .errors import LayerError
+from .errors import IdMappingError, LayerError
 
 __all__ = ["Change", "LayerStats", "write_layer", "resolve_in_root", "remove_path",
            "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "ID_MAPPING_HINT"]
@@ -96,6 +97,18 @@ def resolve_in_root(root: Path, rel: str | bytes, *, follow_final: bool = True) 
             continue
         resolved.append(c)
     return Path(os.fsdecode(rootb + b"/" + b"/".join(resolved))) if resolved else Path(root)
+
+
+def lchown_mapped(path: Path | bytes, uid: int, gid: int, *, what: str = "") -> None:
+    """os.lchown that explains the one failure users can fix: an owner the user namespace cannot
+    map (no /etc/subuid range) raises IdMappingError with the command that adds a range."""
+    try:
+        os.lchown(path, uid, gid)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EPERM):
+            raise IdMappingError(f"cannot set owner {uid}:{gid} on {what or os.fsdecode(path)!r}: "
+                                 f"{ID_MAPPING_HINT}") from e
+        raise
 
 
 def remove_path(p: Path) -> None:

@@ -44,6 +44,7 @@ class MediaType:
                 "uncompressed": MediaType.OCI_LAYER}[compression]
 
 
+REF_NAME = "org.opencontainers.image.ref.name"     # the tag annotation in an OCI layout's index.json
 MAX_MANIFEST_SIZE = 4 << 20     # cap on manifests and indexes read from a registry or a layout
 
 

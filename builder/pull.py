@@ -14,14 +14,13 @@ from pathlib import Path
 
 from .digest import Digest
 from .errors import RegistryError, StoreError
-from .oci import MAX_MANIFEST_SIZE, Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, pick_platform
+from .oci import MAX_MANIFEST_SIZE, REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, pick_platform
 from .reference import Reference
 from .store import ContentStore
 
 if TYPE_CHECKING:   # the registry client (and requests) load only when a registry is used
     from .registry import RegistryClient
 
-REF_NAME = "org.opencontainers.image.ref.name"
 _MAX_CONFIG_SIZE = 16 << 20
 _MAX_DEPTH = 4
 
