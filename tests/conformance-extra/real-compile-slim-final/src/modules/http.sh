@@ -1,0 +1,2 @@
+# http
+serve() { echo "serving on $1"; }

@@ -1,0 +1,2 @@
+# logging
+log() { echo "[log] $*"; }

@@ -1,0 +1,2 @@
+const r = require("./routes/index");
+console.log(r);
