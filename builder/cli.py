@@ -220,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PybuildError as e:
         click.echo(f"pybuild: error: {e}", err=True)
         sys.exit(1)
+    except OSError as e:     # unexpected I/O trouble: a message, not a traceback
+        click.echo(f"pybuild: error: {e}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

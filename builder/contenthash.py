@@ -151,11 +151,15 @@ def checksum_sources(root: Path, src_paths: Sequence[str], *, excludes: Sequence
         if not matches and not has_wildcards(pat):
             raise SourceError(f"{pat}: not found")
         for m in matches:
-            st = os.lstat(m.host)
-            h.update(json.dumps(["match", m.rel_base]).encode("utf-8", "surrogateescape") + b"\n")
-            _record(h, "", m.host, st, memo)
-            if stat.S_ISDIR(st.st_mode):
-                _walk(h, m.host, "", m.rel, ignore, excl, memo)
+            try:
+                st = os.lstat(m.host)
+                h.update(json.dumps(["match", m.rel_base]).encode("utf-8", "surrogateescape") + b"\n")
+                _record(h, "", m.host, st, memo)
+                if stat.S_ISDIR(st.st_mode):
+                    _walk(h, m.host, "", m.rel, ignore, excl, memo)
+            except PermissionError as e:       # the context must be readable, as for docker build
+                raise SourceError(f"cannot read {os.fsdecode(e.filename or m.rel)!r} in the build "
+                                  f"context: permission denied") from e
     if memo is not None:
         memo.save()
     return Digest("sha256", h.hexdigest())

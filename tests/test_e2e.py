@@ -332,3 +332,12 @@ def test_local_output_into_a_used_folder_replaces_what_is_there(pybuild, workdir
     assert (out / "etc" / "x" / "f").read_text() == "new\n"
     assert (out / "stale.txt").read_text() == "kept"
     assert (out / "tmp").is_dir() and not (out / "tmp").is_symlink() and list(outside.iterdir()) == []
+
+
+def test_unreadable_context_file_is_a_clear_error(pybuild, workdir, base_image, unpriv_user):
+    ctx = make_context(workdir / "ur", {"Dockerfile": f"FROM {base_image}\nCOPY secret /s\n", "secret": "x"},
+                       owner=unpriv_user)
+    os.chmod(ctx / "secret", 0)
+    r = pybuild("build", str(ctx), user=unpriv_user, root=workdir / "uroot")
+    assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "permission denied" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
