@@ -27,6 +27,10 @@ if [ -d "$SHARED/conformance" ]; then
     # BuildKit through the same harness's `golden`).
     "$VENV/bin/python" "$REPO/tests/conformance_gate.py" "$SHARED/conformance" \
         "$REPO/tests/conformance-known-failures.txt" "$SHARED/conformance/cases" "$REPO/tests/conformance-extra"
+    # and again with the copying snapshotter (the fallback for kernels without rootless overlay)
+    PYBUILD_ROOT="$(mktemp -d /tmp/pybuild-conformance-native.XXXXXX)" PYBUILD_SNAPSHOTTER=native \
+        "$VENV/bin/python" "$REPO/tests/conformance_gate.py" "$SHARED/conformance" \
+        "$REPO/tests/conformance-known-failures.txt" "$SHARED/conformance/cases" "$REPO/tests/conformance-extra"
     unset PYBUILD_ROOT
 else
     echo "conformance: $SHARED/conformance not found" >&2
