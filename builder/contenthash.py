@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -78,6 +79,9 @@ class ChecksumMemo:
             self._new = {}
 
 
+RACY_NS = 2_000_000_000
+
+
 def _file_sha256(path: Path, st: os.stat_result, memo: ChecksumMemo | None) -> str:
     if memo is not None:
         hit = memo.get(st)
@@ -91,7 +95,11 @@ def _file_sha256(path: Path, st: os.stat_result, memo: ChecksumMemo | None) -> s
     hx = h.hexdigest()
     if memo is not None:
         after = os.lstat(path)
-        if ChecksumMemo._key(after) == ChecksumMemo._key(st):   # unchanged while we read
+        # Unchanged while we read, and not "racily clean" (as git calls it): file times come from
+        # a coarse clock, so a file changed again within the same tick keeps its stat data. Only
+        # entries whose ctime is safely in the past are remembered.
+        racy = after.st_ctime_ns >= time.time_ns() - RACY_NS
+        if ChecksumMemo._key(after) == ChecksumMemo._key(st) and not racy:
             memo.put(st, hx)
     return hx
 

@@ -50,19 +50,28 @@ def _meta(st: os.stat_result) -> tuple[int, ...]:
             st.st_mtime_ns, st.st_rdev)
 
 
-def tree_changes(lower: Path, upper: Path) -> Iterator[Change]:
+# File times come from a coarse (per-tick) clock: a file written up to this long after `since_ns`
+# was measured can carry an older ctime.
+_CLOCK_SLACK_NS = 50_000_000
+
+
+def tree_changes(lower: Path, upper: Path, *, since_ns: int | None = None) -> Iterator[Change]:
     """Changes between two full trees (copying snapshotter), sorted by name bytes, parents first.
 
     An entry only in upper, or whose type/mode/owner/mtime/size/rdev/link target (or, for regular
     files, link count: a new hard link to a lower file brings the file along) differs → add
     (a new directory brings all its descendants as adds); an entry only in lower → one delete (not
-    its children). Regular files with equal metadata are assumed unchanged. A directory whose own
-    metadata is equal is not emitted, but its children are compared. `upper` must be a copy that
-    kept mtimes, owners and hard links (`cp -a`-like), else everything looks changed."""
-    yield from _cmp_dir(os.fsencode(lower), os.fsencode(upper), [])
+    its children). A regular file with equal metadata may still have new content (COPY keeps
+    source mtimes, and two files written in the same clock tick share one): its content is
+    compared, unless its ctime shows it was not touched since `since_ns` (when `upper` was
+    complete as a copy of `lower`). A directory whose own metadata is equal is not emitted, but
+    its children are compared. `upper` must be a copy that kept mtimes, owners and hard links
+    (`cp -a`-like), else everything looks changed."""
+    yield from _cmp_dir(os.fsencode(lower), os.fsencode(upper), [],
+                        None if since_ns is None else since_ns - _CLOCK_SLACK_NS)
 
 
-def _cmp_dir(lower: bytes, upper: bytes, parts: list[bytes]) -> Iterator[Change]:
+def _cmp_dir(lower: bytes, upper: bytes, parts: list[bytes], since_ns: int | None) -> Iterator[Change]:
     sub = (b"/" + b"/".join(parts)) if parts else b""
     lnames = set(os.listdir(lower + sub))
     unames = set(os.listdir(upper + sub))
@@ -85,14 +94,26 @@ def _cmp_dir(lower: bytes, upper: bytes, parts: list[bytes]) -> Iterator[Change]
         if udir:
             if _meta(lst) != _meta(ust):
                 yield Change(kind="add", path=_rel(p))
-            yield from _cmp_dir(lower, upper, p)
+            yield from _cmp_dir(lower, upper, p, since_ns)
             continue
         changed = _meta(lst) != _meta(ust) or lst.st_size != ust.st_size \
             or (stat.S_ISREG(ust.st_mode) and lst.st_nlink != ust.st_nlink)
         if not changed and stat.S_ISLNK(ust.st_mode):
             changed = os.readlink(lower + sub + b"/" + name) != os.readlink(upper + sub + b"/" + name)
+        elif not changed and stat.S_ISREG(ust.st_mode) and (since_ns is None or ust.st_ctime_ns >= since_ns):
+            changed = not _same_content(lower + sub + b"/" + name, upper + sub + b"/" + name)
         if changed:
             yield Change(kind="add", path=_rel(p))
+
+
+def _same_content(a: bytes, b: bytes) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def _all_below(root: bytes, parts: list[bytes]) -> Iterator[Change]:

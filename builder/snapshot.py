@@ -25,6 +25,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -65,6 +66,7 @@ class Active:
     tmp: Path              # temp snapshot dir; holds fs/ (and work/ for overlay)
     rootfs: RootSpec
     diff_lower: Path | None = None     # native: the parent tree to compare against
+    copied_ns: int | None = None       # native: when the copy of the parent was complete
     extra: list[Path] = field(default_factory=list)
 
     @property
@@ -358,11 +360,12 @@ class NativeSnapshotter(_Base):
         base = self.ensure(chain)
         tmp = self.new_tmp()
         copy_tree(base, tmp / "fs")
-        return Active(base=chain, tmp=tmp, rootfs=RootSpec(type="bind", path=str(tmp / "fs")), diff_lower=base)
+        return Active(base=chain, tmp=tmp, rootfs=RootSpec(type="bind", path=str(tmp / "fs")), diff_lower=base,
+                      copied_ns=time.time_ns())
 
     def changes(self, active: Active) -> Iterator[Change]:
         assert active.diff_lower is not None
-        return tree_changes(active.diff_lower, active.fs)
+        return tree_changes(active.diff_lower, active.fs, since_ns=active.copied_ns)
 
 
 Snapshotter = OverlaySnapshotter | NativeSnapshotter

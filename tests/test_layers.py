@@ -387,3 +387,19 @@ def test_device_nodes_skipped_in_user_namespace(tmp_path: Path) -> None:
                    cwd=Path(__file__).resolve().parent.parent)
     assert sorted(os.listdir(dest)) == ["after", "wh"]
     assert os.lstat(dest / "wh").st_rdev == 0
+
+
+def test_tree_changes_sees_new_content_behind_equal_metadata(tmp_path: Path) -> None:
+    """COPY keeps source mtimes, and a coarse clock gives two writes one mtime: same size, mode,
+    owner and mtime must not hide a content change (conformance-extra copy-stage-root-merge)."""
+    import time as _t
+    lower, upper = tmp_path / "l", tmp_path / "u"
+    lower.mkdir()
+    (lower / "same.txt").write_text("a\n")
+    subprocess.run(["cp", "-a", str(lower), str(upper)], check=True)
+    since = _t.time_ns()
+    st = os.stat(lower / "same.txt")
+    (upper / "same.txt").write_text("b\n")
+    os.utime(upper / "same.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [c.path for c in tree_changes(lower, upper, since_ns=since)] == ["same.txt"]
+    assert [c.path for c in tree_changes(lower, upper)] == ["same.txt"]
