@@ -52,13 +52,13 @@ def parse_chown(st: StageState, c: I.Instruction, spec: str) -> Chown | None:
 def parse_chmod(st: StageState, c: I.Instruction, spec: str) -> int | None:
     if not spec:
         return None
+    # BuildKit 20.10 ignores a --chmod that is not octal and keeps the permission bits of a
+    # larger number (its fileop applies mode & 0777)
     try:
         mode = int(spec, 8)
     except ValueError:
-        raise st.error(c, f"invalid chmod parameter {spec!r}: want an octal mode like 0644") from None
-    if mode < 0 or mode > 0o7777:
-        raise st.error(c, f"invalid chmod parameter {spec!r}")
-    return mode
+        return None
+    return mode & 0o7777 if mode >= 0 else None
 
 
 def _is_url(src: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 
 from builder.oci import Healthcheck
 from builder.ops import Chown, FileOp, Mkdir
@@ -84,7 +85,7 @@ def _user(st: StageState, c: I.User) -> None:
     st.record(f"USER {user}")
 
 
-_PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.I)
+_PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp|))?$", re.I)   # "80/" is 80/tcp
 
 
 def _expose(st: StageState, c: I.Expose) -> None:
@@ -135,8 +136,23 @@ def _entrypoint(st: StageState, c: I.Entrypoint) -> None:
     st.record(f"ENTRYPOINT {go_quote_list(c.command.args)}")
 
 
+_SIGNALS = frozenset(s.name[3:] for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name)
+
+
+def _valid_signal(sig: str) -> bool:
+    """Go's signal.ParseSignal: a positive number, or a name with or without SIG (any case),
+    including SIGRTMIN+n / SIGRTMAX-n."""
+    if sig.isdigit():
+        return int(sig) > 0
+    name = sig.upper().removeprefix("SIG")
+    m = re.fullmatch(r"RT(MIN|MAX)([+-]\d+)?", name)
+    return name in _SIGNALS or m is not None
+
+
 def _stopsignal(st: StageState, c: I.Stopsignal) -> None:
     sig = st.expand(c, c.signal)
+    if not _valid_signal(sig):
+        raise st.error(c, f"Invalid signal: {sig}")
     st.set_config(stop_signal=sig)
     st.record(f"STOPSIGNAL {sig}")
 

@@ -252,7 +252,7 @@ def _command(text: str) -> CommandLine:
     js = _maybe_json(text)
     if js is not None:
         return CommandLine(args=tuple(js), json=True)
-    return CommandLine(args=(text,) if text else (), json=False)
+    return CommandLine(args=(text,), json=False)     # bare CMD/RUN: `/bin/sh -c ""`, as BuildKit
 
 
 def _pairs(ctx: _Ctx, rest: str, *, legacy: bool) -> tuple[tuple[str, str], ...]:
@@ -322,9 +322,7 @@ def _arg(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Arg:
 
 
 def _run(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Run:
-    if not rest:
-        raise ctx.error("RUN requires at least one argument")
-    cmd = _command(rest)
+    cmd = _command(rest)          # a bare RUN runs `/bin/sh -c ""` (BuildKit 20.10 builds it)
     if ctx.raw.heredocs and cmd.json:
         raise ctx.error("heredocs are not supported in the exec form of RUN")
     net = _flag(flags, "network")
@@ -370,9 +368,9 @@ def _healthcheck(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Healthche
         return Healthcheck(**ctx.base(), test=("NONE",))
     if kw != "CMD":
         raise ctx.error(f"Unknown type {kw!r} in HEALTHCHECK (try CMD)")
-    cmd = _command(cmd_text.strip())
-    if not cmd.args:
+    if not cmd_text.strip():
         raise ctx.error("Missing command after HEALTHCHECK CMD")
+    cmd = _command(cmd_text.strip())
     test = ("CMD", *cmd.args) if cmd.json else ("CMD-SHELL", cmd.args[0])
     vals: dict[str, int] = {}
     for name in ("interval", "timeout", "start-period", "start-interval"):
@@ -409,8 +407,7 @@ def _onbuild(ctx: _Ctx, rest: str) -> Onbuild:
         raise ctx.error("ONBUILD requires at least one argument")
     if kw in ("ONBUILD", "FROM", "MAINTAINER"):
         raise ctx.error(f"{kw} isn't allowed as an ONBUILD trigger")
-    if kw not in _PARSERS:
-        raise ctx.error(f"unknown instruction: {kw}")
+    # An unknown trigger is stored as written; it fails only when a child stage fires it.
     return Onbuild(**ctx.base(), expression=rest)
 
 

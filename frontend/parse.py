@@ -26,7 +26,7 @@ from .shell import split_raw_words
 __all__ = ["Heredoc", "RawInstruction", "ParsedDockerfile", "parse_dockerfile", "parse_line"]
 
 HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
-_ESCAPE_DIRECTIVE = re.compile(r"^\s*#\s*escape\s*=\s*(\\|`)\s*$", re.I)
+_ESCAPE_DIRECTIVE = re.compile(r"^\s*#\s*escape\s*=\s*(\S*)\s*$", re.I)
 _OTHER_DIRECTIVE = re.compile(r"^\s*#\s*[A-Za-z_]+\s*=.*$")
 _COMMENT = re.compile(r"^\s*#")
 _HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)(.*)$", re.S)
@@ -63,11 +63,15 @@ class ParsedDockerfile:
     instructions: tuple[RawInstruction, ...]
 
 
-def _escape_char(lines: list[str]) -> str:
-    for line in lines:
+def _escape_char(lines: list[str], filename: str) -> str:
+    for lineno, line in enumerate(lines, start=1):
         m = _ESCAPE_DIRECTIVE.match(line)
         if m:
-            return m.group(1)
+            value = m.group(1)
+            if value not in ("", "\\", "`"):
+                raise DockerfileError(f"invalid escape token {value!r} does not match ` or \\",
+                                      filename=filename, line=lineno)
+            return value or "\\"
         if not _OTHER_DIRECTIVE.match(line):
             break
     return "\\"
@@ -140,7 +144,13 @@ def parse_dockerfile(text: str, *, filename: str = "Dockerfile") -> ParsedDocker
     if text.startswith("\ufeff"):
         text = text[1:]
     lines = [l if l.endswith("\n") else l + "\n" for l in text.splitlines()]
-    escape = _escape_char(lines)
+    escape = _escape_char(lines, filename)
+    if lines:
+        # A continuation on the very last line ends the instruction (BuildKit runs it;
+        # dockerfile-parse would drop it)
+        final, cont = _continues(lines[-1], escape)
+        if cont:
+            lines[-1] = final + "\n"
     bodies: dict[int, tuple[int, tuple[Heredoc, ...]]] = {}   # start line (0-based) -> (end, heredocs)
     blanked: set[int] = set()
     while True:
