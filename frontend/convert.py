@@ -214,7 +214,8 @@ class _Converter:
         st.set_config(onbuild=())
         for text in triggers:
             raw = parse_line(text, filename=self.opts.filename, line=stage.from_.line)
-            ins = replace(I.parse_instruction(raw, filename=self.opts.filename), original=f"ONBUILD {raw.original}")
+            ins = replace(I.parse_instruction(raw, filename=self.opts.filename, escape=self.escape),
+                          original=f"ONBUILD {raw.original}")
             if isinstance(ins, (I.From, I.Onbuild, I.Maintainer)):
                 raise DockerfileError(f"{raw.keyword} isn't allowed as an ONBUILD trigger",
                                       filename=self.opts.filename, line=stage.from_.line)
@@ -235,7 +236,8 @@ def convert(dockerfile: str, opts: FrontendOptions) -> BuildGraph:
     """Convert Dockerfile text into a BuildGraph for `opts.target` (default: the last stage).
     Raises DockerfileError (file and line) for anything wrong with the Dockerfile itself."""
     parsed = parse_dockerfile(dockerfile, filename=opts.filename)
-    typed = tuple(I.parse_instruction(raw, filename=opts.filename) for raw in parsed.instructions)
+    typed = tuple(I.parse_instruction(raw, filename=opts.filename, escape=parsed.escape)
+                  for raw in parsed.instructions)
     stages = split_stages(typed, filename=opts.filename)
     conv = _Converter(opts, stages, parsed.escape)
     target = stages.target(opts.target, filename=opts.filename)

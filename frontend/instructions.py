@@ -164,9 +164,13 @@ _BOOL_FLAGS = {"link", "parents", "keep-git-dir"}
 
 
 class _Ctx:
-    def __init__(self, raw: RawInstruction, filename: str) -> None:
+    def __init__(self, raw: RawInstruction, filename: str, escape: str = "\\") -> None:
         self.raw = raw
         self.filename = filename
+        self.escape = escape          # the `# escape=` token: word splitting honours it
+
+    def words(self, text: str) -> list[str]:
+        return split_raw_words(text, escape=self.escape)
 
     def error(self, msg: str) -> DockerfileError:
         return DockerfileError(msg, filename=self.filename, line=self.raw.start_line)
@@ -256,7 +260,7 @@ def _command(text: str) -> CommandLine:
 
 
 def _pairs(ctx: _Ctx, rest: str, *, legacy: bool) -> tuple[tuple[str, str], ...]:
-    words = split_raw_words(rest)
+    words = ctx.words(rest)
     if not words:
         raise ctx.error(f"{ctx.raw.keyword} requires at least one argument")
     if "=" not in words[0]:
@@ -296,7 +300,7 @@ def parse_duration(text: str) -> int:
 # ------------------------------------------------------------------ per instruction
 
 def _from(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> From:
-    words = split_raw_words(rest)
+    words = ctx.words(rest)
     if len(words) == 3 and words[1].lower() == "as":
         name = words[2].lower()
         if not re.fullmatch(r"[a-z][a-z0-9-_.]*", name):
@@ -309,7 +313,7 @@ def _from(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> From:
 
 
 def _arg(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Arg:
-    words = split_raw_words(rest)
+    words = ctx.words(rest)
     if not words:
         raise ctx.error("ARG requires at least one argument")
     pairs: list[tuple[str, str | None]] = []
@@ -335,7 +339,7 @@ def _run(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Run:
 def _copy(ctx: _Ctx, flags: dict[str, list[str]], rest: str) -> Copy:
     is_add = ctx.raw.keyword == "ADD"
     js = _maybe_json(rest)
-    words = js if js is not None else split_raw_words(rest)
+    words = js if js is not None else ctx.words(rest)
     docs = list(ctx.raw.heredocs)
     names = {d.name for d in docs}
     sources: list[str] = []
@@ -420,7 +424,7 @@ def _shell(ctx: _Ctx, rest: str) -> Shell:
 
 def _volume(ctx: _Ctx, rest: str) -> Volume:
     js = _maybe_json(rest)
-    paths = tuple(js) if js is not None else tuple(split_raw_words(rest))
+    paths = tuple(js) if js is not None else tuple(ctx.words(rest))
     if not paths:
         raise ctx.error("VOLUME requires at least one argument")
     return Volume(**ctx.base(), paths=paths, json=js is not None)
@@ -435,7 +439,7 @@ _PARSERS = {
     "SHELL": lambda c, f, r: _shell(c, r),
     "WORKDIR": lambda c, f, r: Workdir(**c.base(), path=_one_arg(c, r)),
     "USER": lambda c, f, r: User(**c.base(), user=_one_arg(c, r)),
-    "EXPOSE": lambda c, f, r: Expose(**c.base(), ports=tuple(split_raw_words(_one_arg(c, r)))),
+    "EXPOSE": lambda c, f, r: Expose(**c.base(), ports=tuple(c.words(_one_arg(c, r)))),
     "VOLUME": lambda c, f, r: _volume(c, r),
     "STOPSIGNAL": lambda c, f, r: Stopsignal(**c.base(), signal=_one_arg(c, r)),
     "ONBUILD": lambda c, f, r: _onbuild(c, r),
@@ -443,9 +447,9 @@ _PARSERS = {
 }
 
 
-def parse_instruction(raw: RawInstruction, *, filename: str = "Dockerfile") -> Instruction:
+def parse_instruction(raw: RawInstruction, *, filename: str = "Dockerfile", escape: str = "\\") -> Instruction:
     """Typed instruction for `raw`; DockerfileError with the line for anything invalid."""
-    ctx = _Ctx(raw, filename)
+    ctx = _Ctx(raw, filename, escape)
     parser = _PARSERS.get(raw.keyword)
     if parser is None:
         raise ctx.error(f"unknown instruction: {raw.keyword}")

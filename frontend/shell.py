@@ -25,8 +25,7 @@ class ExpansionError(ValueError):
     """A malformed substitution or an unterminated quote."""
 
 
-_NAME_START = re.compile(r"[A-Za-z_]")
-_NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
+_SPECIAL_PARAMS = frozenset("@*#?-$!")
 
 
 @dataclass(slots=True)
@@ -148,8 +147,18 @@ class _Lexer:
 
     # -- substitutions
     def _name(self) -> str:
+        """BuildKit's processName: all leading digits form one (positional) name; a special
+        parameter (@ * # ? - $ !) is a one-character name; otherwise Unicode letters, digits and
+        `_`. Positional and special names are never set, so they expand to nothing."""
         out: list[str] = []
-        while self.s.peek() and _NAME_CHAR.match(self.s.peek()):
+        ch = self.s.peek()
+        if ch.isdecimal():
+            while self.s.peek().isdecimal():
+                out.append(self.s.next())
+            return "".join(out)
+        if ch and ch in _SPECIAL_PARAMS:
+            return self.s.next()
+        while self.s.peek() and (self.s.peek().isalpha() or self.s.peek().isdecimal() or self.s.peek() == "_"):
             out.append(self.s.next())
         return "".join(out)
 
@@ -157,21 +166,16 @@ class _Lexer:
         return self.env.get(name)
 
     def _dollar(self) -> str:
-        ch = self.s.peek()
-        if ch == "{":
+        if self.s.peek() == "{":
             self.s.next()
             return self._braced()
-        if ch and _NAME_START.match(ch):
-            return self._lookup(self._name()) or ""
-        if ch and ch.isdigit():
-            self.s.next()
-            return ""
-        return "$"
+        name = self._name()
+        return (self._lookup(name) or "") if name else "$"
 
     def _braced(self) -> str:
-        if not self.s.peek() or not (_NAME_START.match(self.s.peek()) or self.s.peek().isdigit()):
-            raise ExpansionError("bad substitution: expected a variable name after '${'")
         name = self._name()
+        if not name:
+            raise ExpansionError("bad substitution: expected a variable name after '${'")
         val = self._lookup(name)
         op = self.s.next()
         if op == "}":

@@ -19,7 +19,7 @@ ENV = {"A": "alpha", "EMPTY": "", "FILE": "archive.tar.gz", "PATHV": "/usr/local
     ("$SET/$UNSET/", "value//"),
     ("$", "$"),
     ("a$", "a$"),
-    ("$-x", "$-x"),
+    ("$-x", "x"),
     # :- :+ and the colon-less forms
     ("${A:-d}", "alpha"), ("${EMPTY:-d}", "d"), ("${UNSET:-d}", "d"),
     ("${A:+alt}", "alt"), ("${EMPTY:+alt}", ""), ("${UNSET:+alt}", ""),
@@ -98,3 +98,21 @@ def test_buildkit_rejects(word):
     from frontend.shell import ExpansionError
     with pytest.raises(ExpansionError):
         expand_word(word, ENV)
+
+
+@pytest.mark.parametrize("word,want", [
+    ("a$@b", "ab"), ("a$#b", "ab"), ("a$!b", "ab"), ("a$$b", "ab"), ("a$12b", "ab"), ("$é", ""),
+    ("${é:-d}", "d"), ("$%x", "$%x"), ("$ x", "$ x"),
+])
+def test_buildkit_names(word, want):
+    """BuildKit's processName: special parameters and all leading digits are (unset) names, names
+    may hold Unicode letters (conformance-extra px-dollar-*)."""
+    assert expand_word(word, ENV) == want
+
+
+def test_backtick_escape_splits_words():
+    from frontend.convert import FrontendOptions, convert
+    from test_frontend_fakes import FakeResolver
+    g = convert('# escape=`\nFROM busybox\nLABEL g2="c:\\x\\" g3=multi\n',
+                FrontendOptions(resolver=FakeResolver()))
+    assert dict(g.target.config.config.labels) == {"g2": "c:\\x\\", "g3": "multi"}
