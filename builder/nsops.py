@@ -119,7 +119,8 @@ def run_file(server: _Server, rid: int, *, base: Any, op: Any, sources: Any) -> 
         raise
 
 
-def export_rootfs(server: _Server, rid: int, *, chain: Any, dest_dir: str | None, tar: bool) -> None:
+def export_rootfs(server: _Server, rid: int, *, chain: Any, dest_dir: str | None, tar: bool,
+                  tar_path: str | None = None) -> None:
     import contextlib
 
     from .layerdiff import tree_changes
@@ -130,12 +131,16 @@ def export_rootfs(server: _Server, rid: int, *, chain: Any, dest_dir: str | None
         root = Path(_mount_view(server, chain, sd / "v", stack))
         if dest_dir is not None:
             copy_tree(root, Path(dest_dir), owners=False, exist_ok=True)
-        if tar:
+        if tar or tar_path:
             (sd / "e").mkdir()
-            sink = _ChunkSink(server, rid)
-            write_layer(root, tree_changes(sd / "e", root), sink,  # type: ignore[arg-type]
-                        compression="uncompressed", source_date_epoch=server.cfg.source_date_epoch)
-            sink.flush()
+            # A file the parent made for us is written here directly (the worker's root is the
+            # invoking user outside, so it may); a stream goes back to the parent in frames.
+            with contextlib.ExitStack() as out:
+                sink: Any = (out.enter_context(open(tar_path, "r+b")) if tar_path
+                             else _ChunkSink(server, rid))
+                write_layer(root, tree_changes(sd / "e", root), sink,
+                            compression="uncompressed", source_date_epoch=server.cfg.source_date_epoch)
+                sink.flush()
 
 
 # ---------------------------------------------------------------------- RUN

@@ -173,13 +173,16 @@ class Worker:
         or None when nothing changed."""
         return self._call("run_file", dict(base=tuple(base), op=op, sources=dict(sources)), None)
 
-    def export_rootfs(self, *, chain: Chain, dest_dir: Path | None = None, dest_tar: BinaryIO | None = None) -> None:
+    def export_rootfs(self, *, chain: Chain, dest_dir: Path | None = None, dest_tar: BinaryIO | None = None,
+                      dest_tar_path: Path | None = None) -> None:
         """Write the merged root filesystem of `chain` into `dest_dir` (files owned by the
-        invoking user) and/or as a deterministic tar (in-image owners) into `dest_tar`
-        (not closed)."""
+        invoking user) and/or as a deterministic tar (in-image owners) into `dest_tar` (a stream,
+        not closed) or into the existing, empty file `dest_tar_path`, which the worker writes
+        itself (no round trip through this process)."""
         sink: Callable[[bytes], object] | None = dest_tar.write if dest_tar is not None else None
         self._call("export_rootfs", dict(chain=tuple(chain), dest_dir=str(dest_dir) if dest_dir is not None else None,
-                                         tar=dest_tar is not None), sink)
+                                         tar=dest_tar is not None,
+                                         tar_path=str(dest_tar_path) if dest_tar_path is not None else None), sink)
 
     def prune_snapshots(self) -> None:
         """Delete every snapshot of this root (inside the namespace; the store is untouched)."""

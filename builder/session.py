@@ -351,9 +351,9 @@ class BuildSession:
             if out.dest == "-":
                 worker.export_rootfs(chain=chain, dest_tar=self._stdout())
             else:
-                from .store import atomic_output
-                with atomic_output(Path(out.dest)) as f:
-                    worker.export_rootfs(chain=chain, dest_tar=f)
+                from .store import atomic_output_path
+                with atomic_output_path(Path(out.dest)) as tmp:
+                    worker.export_rootfs(chain=chain, dest_tar_path=tmp)
             return None
         if out.type == "local":
             worker.export_rootfs(chain=chain, dest_dir=Path(out.dest))

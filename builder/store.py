@@ -54,6 +54,29 @@ def atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_output_path(path: Path, *, mode: int = 0o644) -> Iterator[Path]:
+    """atomic_output for a writer that opens the file itself (another process): yields the path
+    of an empty temp file beside `path`; afterwards it is fsynced and renamed onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write-temp-then-rename, fsynced. The only way metadata files are written."""
     with atomic_output(path, mode=mode) as f:
