@@ -34,30 +34,10 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Write-temp-then-rename: yields a file in `path`'s directory; when the block ends normally
-    it is fsynced and renamed onto `path` (and the directory fsynced); on any error it is removed
-    and `path` is untouched. Every file pybuild writes (metadata, outputs) goes through here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
 def atomic_output_path(path: Path, *, mode: int = 0o644) -> Iterator[Path]:
-    """atomic_output for a writer that opens the file itself (another process): yields the path
-    of an empty temp file beside `path`; afterwards it is fsynced and renamed onto `path`."""
+    """Write-temp-then-rename for a writer that opens the file itself (another process): yields
+    the path of an empty temp file beside `path`; when the block ends normally the file is fsynced
+    and renamed onto `path` and the directory fsynced; on any error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     os.close(fd)
@@ -75,6 +55,15 @@ def atomic_output_path(path: Path, *, mode: int = 0o644) -> Iterator[Path]:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write-temp-then-rename: yields a file in `path`'s directory; when the block ends normally
+    it is fsynced and renamed onto `path` (and the directory fsynced); on any error it is removed
+    and `path` is untouched. Every file pybuild writes (metadata, outputs) goes through here."""
+    with atomic_output_path(path, mode=mode) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
