@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .digest import Digest
 from .image import LayerRef
@@ -93,15 +93,6 @@ class CacheIndex:
     def put(self, rec: CacheRecord) -> None:
         atomic_write(self._path(rec.key), rec.to_json())
 
-    def records(self) -> Sequence[CacheRecord]:
-        out = []
-        for p in self.dir.glob("*/*"):
-            if p.name.startswith("."):
-                continue
-            r = self.get(p.name)
-            if r is not None:
-                out.append(r)
-        return out
 
 
 class MissExplainer:

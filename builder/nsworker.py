@@ -300,9 +300,6 @@ class _Server:
             return
         self.send(Reply(id=req.id, value=value))
 
-    def op_ping(self, rid: int) -> str:
-        return "pong"
-
     def op_run_exec(self, rid: int, **kw: Any) -> Any:
         from .nsops import run_exec
         return run_exec(self, rid, **kw)
@@ -314,6 +311,3 @@ class _Server:
     def op_export_rootfs(self, rid: int, **kw: Any) -> Any:
         from .nsops import export_rootfs
         return export_rootfs(self, rid, **kw)
-
-    def op_prune(self, rid: int) -> None:
-        self.snap.remove_all()

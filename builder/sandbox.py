@@ -184,10 +184,6 @@ class Worker:
                                          tar=dest_tar is not None,
                                          tar_path=str(dest_tar_path) if dest_tar_path is not None else None), sink)
 
-    def prune_snapshots(self) -> None:
-        """Delete every snapshot of this root (inside the namespace; the store is untouched)."""
-        self._call("prune", {}, None)
-
     # ------------------------------------------------------------------ plumbing
     def _call(self, method: str, kwargs: dict[str, Any], on_chunk: Callable[[bytes], object] | None) -> Any:
         p = self._proc

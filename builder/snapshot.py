@@ -253,18 +253,6 @@ class _Base:
     def abort(self, active: Active) -> None:
         remove_tree(active.tmp)
 
-    def remove(self, chain: Chain) -> None:
-        dest = self._path(chain)
-        with file_lock(dest.with_name(dest.name + ".lock")):
-            remove_tree(dest)
-
-    def remove_all(self) -> None:
-        """Delete every snapshot (not the temp dirs of steps running now)."""
-        for p in self.dir.iterdir():
-            if p.is_dir() and not p.name.startswith(".t"):
-                with file_lock(p.with_name(p.name + ".lock")):
-                    remove_tree(p)
-
 
 class OverlaySnapshotter(_Base):
     name = "overlay"
