@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["PathMatcher", "clean_patterns"]
+__all__ = ["PathMatcher", "glob_match"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,18 +27,6 @@ class _Pattern:
     exclusion: bool    # True for "!" exceptions (re-include)
     regex: re.Pattern[str]
     parts: tuple[str, ...]
-
-
-def clean_patterns(lines: Sequence[str]) -> tuple[str, ...]:
-    """Normalise raw pattern lines (as in a .dockerignore, comments already removed or not):
-    drops blank lines and `#` comments, trims whitespace. Order is kept."""
-    out: list[str] = []
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        out.append(line)
-    return tuple(out)
 
 
 def _clean(p: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 from builder import ops
 from builder.errors import SourceError
 from builder.fileop import SourceDir, apply_file_op, resolve_chown, resolve_sources
-from builder.pathmatch import clean_patterns
+from frontend.dockerignore import parse_dockerignore
 
 CASES = Path("/work/shared/conformance/cases")
 
@@ -132,7 +132,7 @@ def test_conformance_copy_cases(tmp_path: Path, name: str) -> None:
     ctx = prepare_context(case, tmp_path)
     root = make_root(tmp_path)
     ignore = (case / ".dockerignore")
-    excludes = clean_patterns(ignore.read_text().splitlines()) if ignore.exists() else ()
+    excludes = parse_dockerignore(ignore.read_text()) if ignore.exists() else ()
     src = SourceDir(path=ctx, excludes=excludes, reset_owner=True)
     actions = [a for line in (case / "Dockerfile").read_text().splitlines() if (a := parse_copy(line))]
     apply_file_op(root, ops.FileOp(actions=tuple(actions)), {1: src})
