@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, Mapping
 
-from .oci import Descriptor
-from .progress import ProgressSink, null_sink
+from builder.image.oci import Descriptor
+from builder.progress import ProgressSink, null_sink
 
 Compression = Literal["gzip", "zstd", "uncompressed"]
 
@@ -54,6 +54,6 @@ class BuildResult:
 
 def build(request: BuildRequest) -> BuildResult:
     """Build the request's Dockerfile. Raises DockerfileError / StepError / ... (PybuildError)."""
-    from .session import BuildSession
+    from builder.session import BuildSession
     with BuildSession(request) as s:
         return s.run()

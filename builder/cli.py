@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import click
 
-from .errors import BuildCancelled, PybuildError, UsageError
+from builder.errors import BuildCancelled, PybuildError, UsageError
 
 COMMANDS = {"build", "images", "--help", "-h", "--version"}
 
@@ -24,7 +24,7 @@ def default_root(env: dict[str, str]) -> Path:
 
 def parse_output(text: str) -> Any:
     """buildx --output: `type=oci,dest=F[,compression=zstd]`, `DIR` (local), `-` (tar to stdout)."""
-    from .api import OutputSpec
+    from builder.api import OutputSpec
     if text == "-":
         return OutputSpec(type="tar", dest="-")
     if "=" not in text:
@@ -147,9 +147,9 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
               secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, allow: tuple[str, ...],
               snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
-    from .api import BuildRequest, build
-    from .auth import docker_config_path
-    from .progress import renderer_for
+    from builder.api import BuildRequest, build
+    from builder.registry.auth import docker_config_path
+    from builder.progress import renderer_for
     env = dict(os.environ)
     outs = tuple(parse_output(o) for o in outputs)
     if sum(1 for o in outs if o.dest == "-") > 1:
@@ -176,7 +176,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
     result = build(req)
     if metadata_file is not None:
         import json
-        from .store import atomic_write
+        from builder.store.content import atomic_write
         atomic_write(metadata_file, json.dumps(dict(result.metadata), indent=2, sort_keys=True).encode() + b"\n")
     click.echo(result.digest, err=to_stdout)
 
@@ -184,7 +184,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
 @cli.command("images")
 def images_cmd() -> None:
     """List the images in pybuild's local store."""
-    from .store import ContentStore
+    from builder.store.content import ContentStore
     store = ContentStore(default_root(dict(os.environ)))
     rows = store.list_tags()
     click.echo(f"{'NAME':<60} {'DIGEST':<71} SIZE")

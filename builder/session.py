@@ -12,20 +12,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from .api import BuildRequest, BuildResult, OutputSpec
-from .cache import CacheIndex
-from .compression import Compression
-from .errors import DockerfileError, PybuildError, SandboxError, SourceError, UsageError
-from .image import Chain, HostDir, LayerRef
-from .oci import History, ImageConfig, Platform
-from .ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
+from builder.api import BuildRequest, BuildResult, OutputSpec
+from builder.solve.cache import CacheIndex
+from builder.layer.compression import Compression
+from builder.errors import DockerfileError, PybuildError, SandboxError, SourceError, UsageError
+from builder.image.view import Chain, HostDir, LayerRef
+from builder.image.oci import History, ImageConfig, Platform
+from builder.solve.ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
 
 # The solver (networkx), the frontend and the exporter are imported inside run(), after the
 # sandbox worker has started booting in the background: start-up overlaps those imports.
 if TYPE_CHECKING:
-    from .exporter import BuiltImage
-    from .graph import Target
-    from .solver import StepInfo
+    from builder.export.oci import BuiltImage
+    from builder.solve.graph import Target
+    from builder.solve.solver import StepInfo
 
 
 class LazyWorker:
@@ -82,11 +82,11 @@ class BuildSession:
         self.req = req
         self.root = Path(req.root) if req.root is not None else Path.home() / ".local" / "share" / "pybuild"
         self.root.mkdir(parents=True, exist_ok=True)
-        from .store import ContentStore
+        from builder.store.content import ContentStore
         self.store = ContentStore(self.root)
         self.cache = CacheIndex(self.root)
         (self.root / "tmp").mkdir(exist_ok=True)
-        from .store import remove_stale
+        from builder.store.content import remove_stale
         remove_stale(self.root / "tmp", "build-")              # left by builds that were killed
         remove_stale(self.store.ingest_dir, "ingest-")
         self.tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"build-{os.getpid()}-"))
@@ -105,8 +105,8 @@ class BuildSession:
     def client(self) -> Any:
         if self._client is None:
             import requests
-            from .auth import Authenticator
-            from .registry import RegistryClient
+            from builder.registry.auth import Authenticator
+            from builder.registry.client import RegistryClient
             session = requests.Session()
             self._stack.callback(session.close)
             auth = Authenticator(session=session, config_path=self.req.docker_config)
@@ -122,9 +122,9 @@ class BuildSession:
             LayerRef(descriptor=d, diff_id=i) for d, i in zip(layers, cfg.diff_ids))
 
     def resolve_image(self, ref: str, platform: Platform) -> Any:
-        from .image import ResolvedImage
-        from .pull import load_from_store, pull_image
-        from .reference import Reference
+        from builder.image.view import ResolvedImage
+        from builder.registry.pull import load_from_store, pull_image
+        from builder.image.reference import Reference
         try:
             r = Reference.parse(ref)
         except ValueError as e:
@@ -140,8 +140,8 @@ class BuildSession:
         return ResolvedImage(ref=str(r), digest=str(pulled.manifest_descriptor.digest), config=pulled.config)
 
     def resolve_oci_layout(self, path: str, tag: str, platform: Platform) -> Any:
-        from .image import ResolvedImage
-        from .pull import load_oci_layout
+        from builder.image.view import ResolvedImage
+        from builder.registry.pull import load_oci_layout
         pulled = load_oci_layout(Path(path), tag, platform, self.store)
         self._remember(pulled)
         return ResolvedImage(ref=f"oci-layout://{path}:{tag}", digest=str(pulled.manifest_descriptor.digest),
@@ -192,7 +192,7 @@ class BuildSession:
         self._stack.callback(worker.close)
         worker.prestart()
         graph, contexts = self._graph()
-        from .solver import RootfsResult, SolveOptions, Solver
+        from builder.solve.solver import RootfsResult, SolveOptions, Solver
         req = self.req
         solver = Solver(store=self.store, cache=self.cache, worker=worker, load_image=self.load_image,
                         make_dir=self.make_dir, checksum=self._checksummer(),
@@ -239,7 +239,7 @@ class BuildSession:
 
     def _export_all(self, chain: Chain, built: set[Any], config: ImageConfig, worker: LazyWorker) -> BuiltImage:
         """Every requested output (the image store when none); the image they describe."""
-        from .exporter import assemble_image
+        from builder.export.oci import assemble_image
         image = None
         for out in self.req.outputs or (OutputSpec(type="image"),):
             image = self._export(out, chain, built, config, worker) or image
@@ -247,7 +247,7 @@ class BuildSession:
 
     def _check_tags(self) -> None:
         """Image names are checked before anything runs, not when the image is stored."""
-        from .reference import Reference
+        from builder.image.reference import Reference
         for t in (*self.req.tags, *(n for o in self.req.outputs for n in o.names)):
             try:
                 Reference.parse(t)
@@ -257,7 +257,7 @@ class BuildSession:
     def _check_entitlements(self, graph: Any) -> None:
         """`RUN --network=host` needs the network.host entitlement (`--allow network.host`), as in
         BuildKit; checked before anything runs."""
-        from .ops import ExecOp
+        from builder.solve.ops import ExecOp
         if "network.host" in self.req.allow:
             return
         for v in graph.topological():
@@ -269,7 +269,7 @@ class BuildSession:
                                       line=loc.start_line if loc else None)
 
     def _worker_factory(self) -> Any:
-        from .sandbox import SandboxOptions, Worker
+        from builder.sandbox.client import SandboxOptions, Worker
         # Layers are written in the first OCI output's compression (one pass: tar, compress, hash).
         # Builds that export no OCI tar keep layers uncompressed: BuildKit's image store and
         # rootfs outputs do not compress either, and a later OCI export compresses them once.
@@ -278,7 +278,7 @@ class BuildSession:
                                                  compression=comp, source_date_epoch=self.req.source_date_epoch))
 
     def _checksummer(self) -> Any:
-        from .contenthash import ChecksumMemo, checksum_sources
+        from builder.solve.contenthash import ChecksumMemo, checksum_sources
         memo = ChecksumMemo(self.root / "checksums.json")
 
         def checksum(d: HostDir, selectors: tuple[str, ...]) -> str:
@@ -332,14 +332,14 @@ class BuildSession:
 
     def _export(self, out: OutputSpec, chain: Chain, built: set[Any], config: ImageConfig,
                 worker: LazyWorker) -> BuiltImage | None:
-        from .exporter import assemble_image, recompress, write_oci_file, write_oci_tar
+        from builder.export.oci import assemble_image, recompress, write_oci_file, write_oci_tar
         if out.type in ("oci", "image"):
             if out.type == "oci":
                 chain = tuple(recompress(self.store, l, out.compression) if l.descriptor.digest in built else l
                               for l in chain)
             image = assemble_image(self.store, chain, config)
             if out.type == "image":
-                from .reference import Reference
+                from builder.image.reference import Reference
                 for t in (*self.req.tags, *out.names):
                     self.store.tag(str(Reference.parse(t)), image.manifest_descriptor)
             elif out.dest == "-":
@@ -351,7 +351,7 @@ class BuildSession:
             if out.dest == "-":
                 worker.export_rootfs(chain=chain, dest_tar=self._stdout())
             else:
-                from .store import atomic_output_path
+                from builder.store.content import atomic_output_path
                 with atomic_output_path(Path(out.dest)) as tmp:
                     worker.export_rootfs(chain=chain, dest_tar_path=tmp)
             return None

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Mapping
 
 from builder.errors import BuildCancelled, DockerfileError, PybuildError
-from builder.graph import BuildGraph, Target, Vertex
-from builder.image import ImageResolver, ResolvedImage
-from builder.oci import ContainerConfig, ImageConfig, Platform
-from builder.ops import ImageSource, LocalSource, OCILayoutSource, ScratchSource
+from builder.solve.graph import BuildGraph, Target, Vertex
+from builder.image.view import ImageResolver, ResolvedImage
+from builder.image.oci import ContainerConfig, ImageConfig, Platform
+from builder.solve.ops import ImageSource, LocalSource, OCILayoutSource, ScratchSource
 
 from . import instructions as I
 from .convert_copy import dispatch_copy

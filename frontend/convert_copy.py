@@ -7,8 +7,8 @@ import posixpath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from builder.graph import Vertex
-from builder.ops import Chown, Copy, FileOp, HTTPSource, InlineFile, InlineSource
+from builder.solve.graph import Vertex
+from builder.solve.ops import Chown, Copy, FileOp, HTTPSource, InlineFile, InlineSource
 
 from . import instructions as I
 from .convert_state import StageState

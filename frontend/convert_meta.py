@@ -6,8 +6,8 @@ import json
 import re
 import signal
 
-from builder.oci import Healthcheck
-from builder.ops import Chown, FileOp, Mkdir
+from builder.image.oci import Healthcheck
+from builder.solve.ops import Chown, FileOp, Mkdir
 
 from . import instructions as I
 from .convert_state import StageState

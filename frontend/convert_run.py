@@ -11,8 +11,8 @@ from __future__ import annotations
 import posixpath
 import re
 
-from builder.graph import Vertex
-from builder.ops import ExecOp, InlineFile, InlineSource, Mount
+from builder.solve.graph import Vertex
+from builder.solve.ops import ExecOp, InlineFile, InlineSource, Mount
 
 from . import instructions as I
 from .convert_copy import SourceResolver

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from builder.errors import DockerfileError
-from builder.graph import HistoryStep, SourceLocation, Vertex
-from builder.oci import ContainerConfig, Platform
-from builder.ops import Op
+from builder.solve.graph import HistoryStep, SourceLocation, Vertex
+from builder.image.oci import ContainerConfig, Platform
+from builder.solve.ops import Op
 
 from .instructions import Instruction
 from .shell import ExpansionError, expand_word, expand_words

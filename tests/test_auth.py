@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from builder.auth import (Authenticator, Challenge, Credentials, DockerConfigCredentials, StaticCredentials,
+from builder.registry.auth import (Authenticator, Challenge, Credentials, DockerConfigCredentials, StaticCredentials,
                           docker_config_path, parse_challenges)
 from builder.errors import AuthError
 from registry_fixture import FakeRequest, FakeResponse, fake_http  # noqa: F401  (fixture)

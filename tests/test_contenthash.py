@@ -1,4 +1,4 @@
-"""Tests for builder.contenthash: digests depend on content, mode bits, type, link targets only."""
+"""Tests for builder.solve.contenthash: digests depend on content, mode bits, type, link targets only."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.contenthash import ChecksumMemo, checksum_sources
+from builder.solve.contenthash import ChecksumMemo, checksum_sources
 from builder.errors import SourceError
 
 
@@ -102,7 +102,7 @@ def test_top_symlink_followed(ctx: Path) -> None:
 @pytest.fixture
 def no_racy_window(monkeypatch):  # type: ignore[no-untyped-def]
     """Files made by a test are seconds old at most; let the memo keep them anyway."""
-    from builder import contenthash
+    from builder.solve import contenthash
     monkeypatch.setattr(contenthash, "RACY_NS", 0)
 
 

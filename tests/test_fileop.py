@@ -1,4 +1,4 @@
-"""Tests for builder.fileop: BuildKit copy semantics on real directories.
+"""Tests for builder.sandbox.fileop: BuildKit copy semantics on real directories.
 
 The conformance replay builds a small root with the busybox base image's /etc/passwd and
 /etc/group, runs each case's COPY/ADD lines (parsed here with a tiny parser, the real frontend is
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import ops
+from builder.solve import ops
 from builder.errors import SourceError
-from builder.fileop import SourceDir, apply_file_op, resolve_chown, resolve_sources
+from builder.sandbox.fileop import SourceDir, apply_file_op, resolve_chown, resolve_sources
 from frontend.dockerignore import parse_dockerignore
 
 CASES = Path("/work/shared/conformance/cases")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import DockerfileError
-from builder.oci import Platform
+from builder.image.oci import Platform
 from frontend.convert import FrontendOptions, convert
 from test_frontend_fakes import FakeResolver
 

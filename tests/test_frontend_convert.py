@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from builder.errors import DockerfileError
-from builder.graph import BuildGraph, Vertex
-from builder.oci import Platform
-from builder.ops import (Chown, Copy, ExecOp, FileOp, HTTPSource, ImageSource, InlineSource, LocalSource, Mkdir,
+from builder.solve.graph import BuildGraph, Vertex
+from builder.image.oci import Platform
+from builder.solve.ops import (Chown, Copy, ExecOp, FileOp, HTTPSource, ImageSource, InlineSource, LocalSource, Mkdir,
                          OCILayoutSource, ScratchSource)
 from frontend.convert import FrontendOptions, NamedContext, convert
 from test_frontend_fakes import PATH_ENV, FakeResolver

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-from builder.image import ResolvedImage
-from builder.oci import ContainerConfig, History, ImageConfig, Platform
+from builder.image.view import ResolvedImage
+from builder.image.oci import ContainerConfig, History, ImageConfig, Platform
 
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

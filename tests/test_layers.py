@@ -1,4 +1,4 @@
-"""Tests for builder.layers on real trees, real tars and a real overlay mount."""
+"""Tests for builder.layer.tar on real trees, real tars and a real overlay mount."""
 from __future__ import annotations
 
 import gzip
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder import compression
+from builder.layer import compression
 from builder.errors import IdMappingError, LayerError
-from builder.compression import open_uncompressed
-from builder.layerapply import apply_layer
-from builder.layerdiff import overlay_changes, tree_changes
-from builder.layers import Change, write_layer
+from builder.layer.compression import open_uncompressed
+from builder.layer.apply import apply_layer
+from builder.layer.diff import overlay_changes, tree_changes
+from builder.layer.tar import Change, write_layer
 
 NONUTF8 = os.fsdecode(b"caf\xe9-\xff")
 LONG = "d" * 120 + "/" + "f" * 140
@@ -359,7 +359,7 @@ def test_unmapped_owner_raises_id_mapping_error(tmp_path: Path) -> None:
         tf.addfile(ti, io.BytesIO(b""))
     dest = tmp_path / "d"
     dest.mkdir()
-    code = ("import sys; from pathlib import Path; from builder.layerapply import apply_layer\n"
+    code = ("import sys; from pathlib import Path; from builder.layer.apply import apply_layer\n"
             "from builder.errors import IdMappingError\n"
             f"try:\n apply_layer(open({str(tar)!r}, 'rb'), Path({str(dest)!r}), whiteouts='delete')\n"
             "except IdMappingError as e:\n print('IDMAP', e); sys.exit(3)\n")
@@ -381,7 +381,7 @@ def test_device_nodes_skipped_in_user_namespace(tmp_path: Path) -> None:
         tf.addfile(tarfile.TarInfo("after"), io.BytesIO(b""))
     dest = tmp_path / "d"
     dest.mkdir()
-    code = ("from pathlib import Path; from builder.layerapply import apply_layer\n"
+    code = ("from pathlib import Path; from builder.layer.apply import apply_layer\n"
             f"apply_layer(open({str(tar)!r}, 'rb'), Path({str(dest)!r}), whiteouts='overlay')\n")
     subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parent.parent)

@@ -1,9 +1,9 @@
-"""Table tests for builder.pathmatch (moby patternmatcher semantics)."""
+"""Table tests for builder.layer.pathmatch (moby patternmatcher semantics)."""
 from __future__ import annotations
 
 import pytest
 
-from builder.pathmatch import PathMatcher
+from builder.layer.pathmatch import PathMatcher
 
 CASES = [
     # patterns, path, excluded?

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from builder.digest import Digest
-from builder.reference import Reference
+from builder.image.digest import Digest
+from builder.image.reference import Reference
 
 D = "sha256:" + "ab" * 32
 

@@ -12,14 +12,14 @@ from typing import Callable
 import pytest
 import requests
 
-from builder.auth import Authenticator
-from builder.digest import Digest
+from builder.registry.auth import Authenticator
+from builder.image.digest import Digest
 from builder.errors import AuthError, DigestMismatchError, NotFoundError, RegistryError, StoreError
-from builder.oci import Descriptor, MediaType, Platform
-from builder.pull import PulledImage, load_from_store, load_oci_layout, pull_image
-from builder.reference import Reference
-from builder.registry import RegistryClient
-from builder.store import ContentStore
+from builder.image.oci import Descriptor, MediaType, Platform
+from builder.registry.pull import PulledImage, load_from_store, load_oci_layout, pull_image
+from builder.image.reference import Reference
+from builder.registry.client import RegistryClient
+from builder.store.content import ContentStore
 from registry_fixture import (FakeRequest, FakeResponse, FakeServer, fake_http,  # noqa: F401  (fixture)
                               free_port, make_oci_index_layout, make_oci_layout, skopeo_copy)
 

@@ -22,13 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder.errors import BuildCancelled, ExecError, SandboxError  # noqa: E402
-from builder.image import ChainSource, HostDir, LayerRef  # noqa: E402
-from builder.layerdiff import tree_changes  # noqa: E402
-from builder.layers import write_layer  # noqa: E402
-from builder.oci import Descriptor, MediaType  # noqa: E402
-from builder.ops import Copy, ExecOp, FileOp, Mkfile, Mount  # noqa: E402
-from builder.sandbox import SandboxOptions, Worker  # noqa: E402
-from builder.store import ContentStore  # noqa: E402
+from builder.image.view import ChainSource, HostDir, LayerRef  # noqa: E402
+from builder.layer.diff import tree_changes  # noqa: E402
+from builder.layer.tar import write_layer  # noqa: E402
+from builder.image.oci import Descriptor, MediaType  # noqa: E402
+from builder.solve.ops import Copy, ExecOp, FileOp, Mkfile, Mount  # noqa: E402
+from builder.sandbox.client import SandboxOptions, Worker  # noqa: E402
+from builder.store.content import ContentStore  # noqa: E402
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates mounts/users)")
 BUSYBOX = next((p for p in ("/usr/bin/busybox", "/bin/busybox") if os.path.exists(p)), None)
@@ -380,12 +380,12 @@ UNPRIV_SCRIPT = textwrap.dedent('''
     import tarfile
     sys.path.insert(0, {repo!r})
     from builder.errors import IdMappingError
-    from builder.image import LayerRef
-    from builder.digest import Digest
-    from builder.oci import Descriptor
-    from builder.sandbox import Worker, SandboxOptions
-    from builder.store import ContentStore
-    from builder.ops import Chown, ExecOp, FileOp, Mkfile
+    from builder.image.view import LayerRef
+    from builder.image.digest import Digest
+    from builder.image.oci import Descriptor
+    from builder.sandbox.client import Worker, SandboxOptions
+    from builder.store.content import ContentStore
+    from builder.solve.ops import Chown, ExecOp, FileOp, Mkfile
 
     def sh(script, **kw):
         return ExecOp(args=("/bin/sh", "-c", script), env=(), **kw)

@@ -14,15 +14,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.digest import Digest  # noqa: E402
-from builder.image import LayerRef, chain_id  # noqa: E402
-from builder.layerdiff import tree_changes  # noqa: E402
-from builder.layers import write_layer  # noqa: E402
-from builder.oci import Descriptor, MediaType  # noqa: E402
-from builder.snapshot import (MAX_LOWERS, NativeSnapshotter, OverlaySnapshotter, copy_tree,  # noqa: E402
+from builder.image.digest import Digest  # noqa: E402
+from builder.image.view import LayerRef, chain_id  # noqa: E402
+from builder.layer.diff import tree_changes  # noqa: E402
+from builder.layer.tar import write_layer  # noqa: E402
+from builder.image.oci import Descriptor, MediaType  # noqa: E402
+from builder.store.snapshot import (MAX_LOWERS, NativeSnapshotter, OverlaySnapshotter, copy_tree,  # noqa: E402
                               remove_tree)
-from builder.store import ContentStore  # noqa: E402
-from builder.userns import IdMap, parse_subid_file, require_ids  # noqa: E402
+from builder.store.content import ContentStore  # noqa: E402
+from builder.sandbox.userns import IdMap, parse_subid_file, require_ids  # noqa: E402
 from builder.errors import IdMappingError  # noqa: E402
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, device nodes)")
@@ -193,7 +193,7 @@ def test_require_ids_message():
 
 
 def test_clean_stale_removes_only_dead_owners(tmp_path):
-    from builder.snapshot import clean_stale
+    from builder.store.snapshot import clean_stale
     dead = 4_000_000          # above pid_max: never a live process
     for name in (f".t{dead}-x", f"{dead}-y", f".t{os.getpid()}-z", "abcdef012345"):
         (tmp_path / name / "fs").mkdir(parents=True)

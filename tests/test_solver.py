@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from builder.cache import CacheIndex
-from builder.digest import Digest
+from builder.solve.cache import CacheIndex
+from builder.image.digest import Digest
 from builder.errors import StepError
-from builder.graph import BuildGraph, SourceLocation, Target, Vertex
-from builder.image import HostDir, LayerRef
-from builder.oci import Descriptor, ImageConfig, MediaType
-from builder.ops import Copy, ExecOp, FileOp, LocalSource, ScratchSource
-from builder.solver import SolveOptions, Solver
-from builder.store import ContentStore
+from builder.solve.graph import BuildGraph, SourceLocation, Target, Vertex
+from builder.image.view import HostDir, LayerRef
+from builder.image.oci import Descriptor, ImageConfig, MediaType
+from builder.solve.ops import Copy, ExecOp, FileOp, LocalSource, ScratchSource
+from builder.solve.solver import SolveOptions, Solver
+from builder.store.content import ContentStore
 
 
 class FakeWorker:

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from builder.digest import Digest
+from builder.image.digest import Digest
 from builder.errors import DigestMismatchError, StoreError
-from builder.oci import Descriptor, MediaType
-from builder.store import ContentStore
+from builder.image.oci import Descriptor, MediaType
+from builder.store.content import ContentStore
 
 
 def test_put_is_atomic_idempotent_and_verified(tmp_path):
@@ -58,7 +58,7 @@ def test_tags_survive_concurrent_processes(tmp_path):
 
 def test_stale_entries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     import subprocess
-    from builder.store import remove_stale
+    from builder.store.content import remove_stale
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / f"ingest-{dead.pid}-abc").write_bytes(b"partial")
@@ -71,7 +71,7 @@ def test_stale_entries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
 
 
 def test_verified_reads_catch_corruption_at_the_end(tmp_path):
-    from builder.store import VerifyingReader
+    from builder.store.content import VerifyingReader
     s = ContentStore(tmp_path)
     d, n = s.put_bytes(b"x" * 1000)
     with s.open_verified(d, n) as f:
@@ -88,12 +88,12 @@ def test_verified_reads_catch_corruption_at_the_end(tmp_path):
 
 def test_corrupt_layer_blob_is_not_exported_or_applied(tmp_path):
     """The exporter streams blobs through a verifying reader."""
-    from builder.exporter import assemble_image, write_oci_tar
-    from builder.image import LayerRef
+    from builder.export.oci import assemble_image, write_oci_tar
+    from builder.image.view import LayerRef
     s = ContentStore(tmp_path)
     d, n = s.put_bytes(b"layer-bytes")
     layer = LayerRef(descriptor=Descriptor(media_type=MediaType.OCI_LAYER, digest=d, size=n), diff_id=d)
-    from builder.oci import ImageConfig
+    from builder.image.oci import ImageConfig
     img = assemble_image(s, (layer,), ImageConfig())
     write_oci_tar(s, img, io.BytesIO())
     s.path(d).write_bytes(b"LAYER-BYTES")

@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from builder.oci import Platform  # noqa: E402
+from builder.image.oci import Platform  # noqa: E402
 from frontend.convert import FrontendOptions, convert  # noqa: E402
 from test_frontend_fakes import FakeResolver  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The sandbox worker: one long-lived process per build inside a user + mount namespace.
 
-Started by `builder.sandbox.Worker`. Protocol (all frames are 4-byte big-endian length + pickle
+Started by `builder.sandbox.client.Worker`. Protocol (all frames are 4-byte big-endian length + pickle
 of the message dataclasses below; the parent is trusted, it started us):
 
 1. worker: unshare(CLONE_NEWUSER|CLONE_NEWNS), writes b"U\\n" on stdout; the parent writes the
@@ -124,7 +124,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from builder.nsworker import main as _main   # so pickled classes are builder.nsworker.*
+    from builder.sandbox.server import main as _main   # so pickled classes are builder.sandbox.server.*
     _main()
 
 
@@ -180,7 +180,7 @@ def _watch_cancel(fd: int, server: "_Server") -> None:
 
 
 def _failure(rid: int, e: BaseException) -> Failure:
-    from . import errors
+    from builder import errors
     if isinstance(e, errors.ExecError):
         return Failure(id=rid, kind="ExecError", message=str(e), exit_code=e.exit_code, output_tail=e.output_tail)
     if isinstance(e, errors.PybuildError):
@@ -196,10 +196,10 @@ class _Server:
         import tempfile
         import threading
 
-        from . import nsinit
-        from .errors import SandboxError
-        from .snapshot import clean_stale, make_snapshotter
-        from .store import ContentStore
+        from builder.sandbox import nsinit
+        from builder.errors import SandboxError
+        from builder.store.snapshot import clean_stale, make_snapshotter
+        from builder.store.content import ContentStore
         self.cfg = cfg
         self.send = send
         self.root = Path(cfg.root)
@@ -239,7 +239,7 @@ class _Server:
     def _probe_overlay(self) -> bool:
         """Can we mount an overlay with userxattr here, and does it record whiteouts as 0/0?"""
         import stat
-        from . import nsinit
+        from builder.sandbox import nsinit
         d = self.tmp / "probe"
         for sub in ("l1", "l2", "u", "w", "m"):
             (d / sub).mkdir(parents=True)
@@ -263,7 +263,7 @@ class _Server:
         return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
     def cfg_idmap(self) -> Any:
-        from .userns import IdMap
+        from builder.sandbox.userns import IdMap
         return IdMap(size=self.cfg.idmap_size, setgroups=self.cfg.setgroups, user=self.cfg.user)
 
     def kill_all(self) -> None:
@@ -277,8 +277,8 @@ class _Server:
                 pass
 
     def close(self) -> None:
-        from . import nsinit
-        from .snapshot import remove_tree
+        from builder.sandbox import nsinit
+        from builder.store.snapshot import remove_tree
         try:
             nsinit.umount(str(self.secrets), nsinit.MNT_DETACH)
         except OSError:
@@ -287,7 +287,7 @@ class _Server:
 
     # -------------------------------------------------------------- dispatch
     def handle(self, req: Request) -> None:
-        from .errors import BuildCancelled
+        from builder.errors import BuildCancelled
         try:
             if self.cancelled:
                 raise BuildCancelled("build cancelled")
@@ -301,13 +301,13 @@ class _Server:
         self.send(Reply(id=req.id, value=value))
 
     def op_run_exec(self, rid: int, **kw: Any) -> Any:
-        from .nsops import run_exec
+        from builder.sandbox.steps import run_exec
         return run_exec(self, rid, **kw)
 
     def op_run_file(self, rid: int, **kw: Any) -> Any:
-        from .nsops import run_file
+        from builder.sandbox.steps import run_file
         return run_file(self, rid, **kw)
 
     def op_export_rootfs(self, rid: int, **kw: Any) -> Any:
-        from .nsops import export_rootfs
+        from builder.sandbox.steps import export_rootfs
         return export_rootfs(self, rid, **kw)

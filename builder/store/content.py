@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .digest import Digest, DigestingWriter
-from .errors import DigestMismatchError, StoreError
-from .oci import Descriptor
+from builder.image.digest import Digest, DigestingWriter
+from builder.errors import DigestMismatchError, StoreError
+from builder.image.oci import Descriptor
 
 CHUNK = 1 << 20
 

@@ -1,6 +1,6 @@
 """Per-RUN init: runs inside the worker's user namespace, sets up one step and execs its command.
 
-Started by the worker (`builder.sandbox.nsinit_argv`) with a JSON spec on stdin, the step's
+Started by the worker (`builder.sandbox.client.nsinit_argv`) with a JSON spec on stdin, the step's
 output pipe on stdout/stderr and a status pipe on fd `spec["status_fd"]`. It imports only the standard library so
 that it starts fast.
 

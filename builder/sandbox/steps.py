@@ -1,4 +1,4 @@
-"""The sandbox worker's operations (run inside its user + mount namespace, see builder.nsworker):
+"""The sandbox worker's operations (run inside its user + mount namespace, see builder.sandbox.server):
 file ops, RUN steps with their mounts, layer commits and root filesystem exports. Everything that
 touches snapshot contents happens here, since the files belong to ids mapped in the namespace.
 """
@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .nsworker import Chunk, _Server
+from builder.sandbox.server import Chunk, _Server
 
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -35,9 +35,9 @@ class _ChunkSink:
 
 def _finish_layer(server: _Server, active: Any) -> Any:
     """Write the layer of `active` into the store and install its snapshot; None if empty."""
-    from .image import LayerRef
-    from .layers import write_layer
-    from .oci import Descriptor, MediaType
+    from builder.image.view import LayerRef
+    from builder.layer.tar import write_layer
+    from builder.image.oci import Descriptor, MediaType
     cfg = server.cfg
     with server.store.writer() as w:
         stats = write_layer(active.fs, server.snap.changes(active), w,  # type: ignore[arg-type]
@@ -54,7 +54,7 @@ def _finish_layer(server: _Server, active: Any) -> Any:
 
 def _mount_view(server: _Server, chain: Any, where: Any, stack: Any) -> str:
     """A read-only merged view of `chain` in the worker's mount namespace; returns its path."""
-    from . import nsinit
+    from builder.sandbox import nsinit
     spec = server.snap.view(chain)
     if spec.type == "bind":
         return spec.path
@@ -65,19 +65,19 @@ def _mount_view(server: _Server, chain: Any, where: Any, stack: Any) -> str:
 
 
 def _source_path(server: _Server, src: Any, where: Any, stack: Any) -> tuple[str, tuple[str, ...]]:
-    from .image import ChainSource, HostDir
+    from builder.image.view import ChainSource, HostDir
     if isinstance(src, HostDir):
         return str(src.path), tuple(src.excludes)
     if isinstance(src, ChainSource):
         return _mount_view(server, src.chain, where, stack), ()
-    from .errors import SandboxError
+    from builder.errors import SandboxError
     raise SandboxError(f"unknown source {src!r}")
 
 
 def _step_dir(server: _Server, stack: Any) -> Any:
     import tempfile
 
-    from .snapshot import remove_tree
+    from builder.store.snapshot import remove_tree
     d = Path(tempfile.mkdtemp(dir=server.tmp, prefix="s"))
     stack.callback(remove_tree, d)
     return d
@@ -87,11 +87,11 @@ def run_file(server: _Server, rid: int, *, base: Any, op: Any, sources: Any) -> 
     import contextlib
     import errno
 
-    from . import nsinit
-    from .errors import IdMappingError
-    from .fileop import SourceDir, apply_file_op
-    from .image import HostDir
-    from .userns import how_to_add_range
+    from builder.sandbox import nsinit
+    from builder.errors import IdMappingError
+    from builder.sandbox.fileop import SourceDir, apply_file_op
+    from builder.image.view import HostDir
+    from builder.sandbox.userns import how_to_add_range
     active = server.snap.prepare(base)
     try:
         with contextlib.ExitStack() as stack:
@@ -123,9 +123,9 @@ def export_rootfs(server: _Server, rid: int, *, chain: Any, dest_dir: str | None
                   tar_path: str | None = None) -> None:
     import contextlib
 
-    from .layerdiff import tree_changes
-    from .layers import write_layer
-    from .snapshot import copy_tree
+    from builder.layer.diff import tree_changes
+    from builder.layer.tar import write_layer
+    from builder.store.snapshot import copy_tree
     with contextlib.ExitStack() as stack:
         sd = _step_dir(server, stack)
         root = Path(_mount_view(server, chain, sd / "v", stack))
@@ -176,7 +176,7 @@ def run_exec(server: _Server, rid: int, *, base: Any, op: Any, mount_sources: An
 
 def _exec_mounts(server: _Server, op: Any, mount_sources: Any, secrets: Any, sd: Any,
                  stack: Any) -> tuple[list[dict], list[str]]:
-    from .errors import SandboxError
+    from builder.errors import SandboxError
     out: list[dict] = []
     env: list[str] = []
     for n, m in enumerate(op.mounts):
@@ -194,12 +194,12 @@ def _exec_mounts(server: _Server, op: Any, mount_sources: Any, secrets: Any, sd:
 
 
 def _bind_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, stack: Any) -> dict:
-    from . import nsinit
-    from .errors import SandboxError, SourceError
+    from builder.sandbox import nsinit
+    from builder.errors import SandboxError, SourceError
     if m.input is None or m.input not in mount_sources:
         raise SandboxError(f"bind mount {m.target}: no source given for input {m.input}")
     source = mount_sources[m.input]
-    from .image import HostDir
+    from builder.image.view import HostDir
     if isinstance(source, HostDir):
         # The build context as a step sees it: .dockerignore applied, every file 0:0 (as BuildKit,
         # whose client resets owners when it sends the context); a private copy, so rw writes
@@ -217,7 +217,7 @@ def _bind_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, st
     if m.readonly or is_file:
         return {"kind": "bind", "src": src, "target": m.target, "readonly": m.readonly, "file": is_file}
     if server.snap.name == "native":        # no overlay here: a throw-away copy
-        from .snapshot import copy_tree
+        from builder.store.snapshot import copy_tree
         copy_tree(Path(src), sd / f"rw{n}")
         return {"kind": "bind", "src": str(sd / f"rw{n}"), "target": m.target, "readonly": False}
     up, wk = sd / f"u{n}", sd / f"w{n}"     # writable bind: writes are discarded after the step
@@ -231,9 +231,9 @@ def _bind_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, st
 def _filled_from_context(source: Any, subpath: str, dest: Path) -> str:
     """Copy `subpath` of a host context (excludes applied, owners reset to 0:0) to `dest`; return
     the path of the copied directory or file."""
-    from . import ops
-    from .errors import SourceError
-    from .fileop import SourceDir, apply_file_op
+    from builder.solve import ops
+    from builder.errors import SourceError
+    from builder.sandbox.fileop import SourceDir, apply_file_op
     dest.mkdir(mode=0o755)
     rel = subpath.strip("/") or "."
     src_dir = SourceDir(path=source.path, excludes=tuple(source.excludes), reset_owner=True)
@@ -254,10 +254,10 @@ def _sanitise(cache_id: str) -> str:
 
 def _seed_cache(server: _Server, source: Any, subpath: str, dest: Path, view: Path, stack: Any) -> None:
     """A new cache directory filled from `from=` (a stage or the context) at `source=`."""
-    from . import nsinit
-    from .errors import SourceError
-    from .image import HostDir
-    from .snapshot import copy_tree
+    from builder.sandbox import nsinit
+    from builder.errors import SourceError
+    from builder.image.view import HostDir
+    from builder.store.snapshot import copy_tree
     if isinstance(source, HostDir):
         filled = _filled_from_context(source, subpath, view)
         os.rename(filled, dest)
@@ -273,7 +273,7 @@ def _seed_cache(server: _Server, source: Any, subpath: str, dest: Path, view: Pa
 def _cache_mount(server: _Server, m: Any, mount_sources: Any, sd: Any, n: int, stack: Any) -> dict:
     import fcntl
 
-    from .userns import require_ids
+    from builder.sandbox.userns import require_ids
     uid, gid = m.uid or 0, m.gid or 0
     require_ids(server.cfg_idmap(), uid, gid, what=f"cache mount {m.target}")
     base = server.root / "cache-mounts"
@@ -312,8 +312,8 @@ def _secret_mount(server: _Server, m: Any, secrets: Any, env: list[str]) -> list
     import posixpath
     import secrets as _secrets
 
-    from .errors import SandboxError
-    from .userns import require_ids
+    from builder.errors import SandboxError
+    from builder.sandbox.userns import require_ids
     sid = m.secret_id or posixpath.basename(m.target.rstrip("/"))
     data = secrets.get(sid)
     if data is None:
@@ -341,8 +341,8 @@ def _spawn_step(server: _Server, rid: int, spec: dict, op: Any, stream: bool) ->
     import json
     import subprocess
 
-    from .errors import BuildCancelled, ExecError, IdMappingError, SandboxError
-    from .userns import how_to_add_range
+    from builder.errors import BuildCancelled, ExecError, IdMappingError, SandboxError
+    from builder.sandbox.userns import how_to_add_range
     r_out, w_out = os.pipe()
     r_st, w_st = os.pipe()
     spec["status_fd"] = w_st
@@ -519,7 +519,7 @@ def _shadowed(layers: list[str], rel: str) -> bool:
     at `rel` itself."""
     import stat
 
-    from .layers import _OPAQUE_XATTRS, _lgetxattr
+    from builder.layer.tar import _OPAQUE_XATTRS, _lgetxattr
     parts = rel.split("/")
     for layer in layers:
         cur = layer

@@ -1,8 +1,8 @@
 """The rootless executor: the one place that starts namespaced processes.
 
 `Worker` (a context manager) starts one long-lived worker process per build
-(`builder.nsworker`) inside a new user + mount namespace, maps its ids (`builder.userns`) and
-sends it requests; each RUN step is a fresh `builder.nsinit` process with its own pid, mount,
+(`builder.sandbox.server`) inside a new user + mount namespace, maps its ids (`builder.sandbox.userns`) and
+sends it requests; each RUN step is a fresh `builder.sandbox.nsinit` process with its own pid, mount,
 ipc and uts namespaces. All operations on snapshot contents happen inside the worker.
 
 Thread safety: every public method may be called from several threads at once (the worker
@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Literal, Mapping
 
-from . import errors, nsworker, userns
-from .errors import BuildCancelled, ExecError, SandboxError
-from .image import Chain, LayerRef, Source
-from .ops import ExecOp, FileOp
-from .store import ContentStore
+from builder import errors
 
-_PKG_PARENT = str(Path(__file__).resolve().parent.parent)
+from builder.sandbox import server as nsworker
+
+from builder.sandbox import userns
+from builder.errors import BuildCancelled, ExecError, SandboxError
+from builder.image.view import Chain, LayerRef, Source
+from builder.solve.ops import ExecOp, FileOp
+from builder.store.content import ContentStore
+
+_PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,7 +49,7 @@ def nsinit_argv() -> tuple[str, ...]:
 
 
 def _worker_argv() -> tuple[str, ...]:
-    boot = f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); from builder.nsworker import main; main()"
+    boot = f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); from builder.sandbox.server import main; main()"
     return (sys.executable, "-c", boot)
 
 

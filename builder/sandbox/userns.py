@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IdMappingError, SandboxError
+from builder.errors import IdMappingError, SandboxError
 
 SUBID_COUNT = 65536          # container ids 0..65535 (nobody = 65534 must fit)
 FULL_RANGE = 4294967295

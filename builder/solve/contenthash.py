@@ -4,7 +4,7 @@
 the matched source), file type, permission bits (incl. setuid/setgid/sticky), symlink target and,
 for regular files, the sha256 of the content. Not mtimes, not owners: COPY sets owners itself and
 CI runners with other uids must share keys. Wildcards and .dockerignore excludes are resolved as
-`builder.fileop` resolves them, so the digest covers exactly what the copy would read.
+`builder.sandbox.fileop` resolves them, so the digest covers exactly what the copy would read.
 
 `ChecksumMemo(path)` remembers file sha256s keyed by (dev, ino, size, mtime_ns, ctime_ns) in a
 small JSON file, merged and written atomically under a cross-process lock, so unchanged big files
@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .digest import Digest
-from .errors import SourceError
-from .fileop import has_wildcards, resolve_sources
-from .layers import CHUNK
-from .pathmatch import PathMatcher
-from .store import atomic_write, file_lock
+from builder.image.digest import Digest
+from builder.errors import SourceError
+from builder.sandbox.fileop import has_wildcards, resolve_sources
+from builder.layer.tar import CHUNK
+from builder.layer.pathmatch import PathMatcher
+from builder.store.content import atomic_write, file_lock
 
 __all__ = ["ChecksumMemo", "checksum_sources", "CONTENTHASH_VERSION"]
 

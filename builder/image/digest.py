@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import DigestMismatchError
+from builder.errors import DigestMismatchError
 
 _HEX = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-f0-9]{128}$")}
 

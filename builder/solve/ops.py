@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from .oci import Platform
+from builder.image.oci import Platform
 
 
 def _jsonable(v: Any) -> Any:

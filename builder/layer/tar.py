@@ -1,11 +1,11 @@
 """Layer vocabulary and deterministic layer tars.
 
-- `Change(kind, path)`: one entry of a snapshot diff (builder.layerdiff makes them).
+- `Change(kind, path)`: one entry of a snapshot diff (builder.layer.diff makes them).
 - `write_layer(root, changes, sink, compression=...)` writes a deterministic tar of those changes,
   compressing and hashing in one streaming pass (diff_id of the tar, digest/size of what reaches
-  the sink); codecs are pinned in builder.compression.
+  the sink); codecs are pinned in builder.layer.compression.
 - `resolve_in_root` / `remove_path`: path handling that never leaves a root (also used by
-  builder.layerapply and builder.fileop).
+  builder.layer.apply and builder.sandbox.fileop).
 
 Paths in `Change` are relative to the root, "/"-separated, without a leading "/", and keep the
 exact bytes of names through `os.fsdecode` (surrogateescape).
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Literal
 
-from .compression import CHUNK, Compressor
-from .digest import Digest, DigestingWriter
-from .errors import IdMappingError, LayerError
+from builder.layer.compression import CHUNK, Compressor
+from builder.image.digest import Digest, DigestingWriter
+from builder.errors import IdMappingError, LayerError
 
 __all__ = ["Change", "LayerStats", "write_layer", "resolve_in_root", "remove_path",
            "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "ID_MAPPING_HINT"]

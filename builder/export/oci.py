@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from .compression import Compressor, open_uncompressed
-from .image import Chain, LayerRef
-from .oci import REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
-from .store import ContentStore, atomic_output, atomic_write
+from builder.layer.compression import Compressor, open_uncompressed
+from builder.image.view import Chain, LayerRef
+from builder.image.oci import REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
+from builder.store.content import ContentStore, atomic_output, atomic_write
 
 CHUNK = 1 << 20
 

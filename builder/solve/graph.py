@@ -12,8 +12,8 @@ from typing import Iterator
 
 import networkx as nx
 
-from .oci import ImageConfig, canonical_json
-from .ops import Op
+from builder.image.oci import ImageConfig, canonical_json
+from builder.solve.ops import Op
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

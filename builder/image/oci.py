@@ -9,7 +9,7 @@ import platform as _platform
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .digest import Digest
+from builder.image.digest import Digest
 
 
 class MediaType:

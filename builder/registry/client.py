@@ -28,11 +28,11 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 
-from .auth import Authenticator
-from .digest import Digest
-from .errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
-from .oci import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, MediaType, Platform, pick_platform
-from .reference import Reference
+from builder.registry.auth import Authenticator
+from builder.image.digest import Digest
+from builder.errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
+from builder.image.oci import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, MediaType, Platform, pick_platform
+from builder.image.reference import Reference
 
 CHUNK = 1 << 20
 _ACCEPT = ", ".join(MediaType.MANIFESTS + MediaType.INDEXES)

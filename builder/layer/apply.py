@@ -15,8 +15,8 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from .errors import LayerError
-from .layers import (CHUNK, OPAQUE_WHITEOUT, WHITEOUT_PREFIX, _rel, lchown_mapped,
+from builder.errors import LayerError
+from builder.layer.tar import (CHUNK, OPAQUE_WHITEOUT, WHITEOUT_PREFIX, _rel, lchown_mapped,
                      _split, remove_path, resolve_in_root)
 
 __all__ = ["apply_layer"]

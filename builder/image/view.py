@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence, Union
 
-from .digest import Digest
-from .oci import Descriptor, ImageConfig, Platform
+from builder.image.digest import Digest
+from builder.image.oci import Descriptor, ImageConfig, Platform
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

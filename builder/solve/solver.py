@@ -2,7 +2,7 @@
 
 Generic over ops: behaviour comes from the injected `Worker` (exec/file ops) and loaders (images,
 HTTP). A vertex runs once all its inputs are done; independent vertices (e.g. stages) run at the
-same time on a thread pool. Each exec/file vertex gets a cache key (builder.cache); a hit reuses
+same time on a thread pool. Each exec/file vertex gets a cache key (builder.solve.cache); a hit reuses
 the recorded layer without running anything, a miss runs the op and records the layer with the
 time it really ran.
 """
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Union
 
-from .cache import CacheDep, CacheIndex, CacheMap, CacheRecord, MissExplainer, cache_key, op_digest
-from .errors import BuildCancelled, PybuildError, StepError
-from .graph import BuildGraph, Vertex
-from .image import Chain, ChainSource, HostDir, LayerRef, Source
-from .ops import (ExecOp, FileOp, HTTPSource, ImageSource, InlineSource, LocalSource, OCILayoutSource,
+from builder.solve.cache import CacheDep, CacheIndex, CacheMap, CacheRecord, MissExplainer, cache_key, op_digest
+from builder.errors import BuildCancelled, PybuildError, StepError
+from builder.solve.graph import BuildGraph, Vertex
+from builder.image.view import Chain, ChainSource, HostDir, LayerRef, Source
+from builder.solve.ops import (ExecOp, FileOp, HTTPSource, ImageSource, InlineSource, LocalSource, OCILayoutSource,
                   ScratchSource, Copy)
-from .progress import LogEvent, ProgressSink, VertexEvent, null_sink
-from .store import ContentStore
+from builder.progress import LogEvent, ProgressSink, VertexEvent, null_sink
+from builder.store.content import ContentStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

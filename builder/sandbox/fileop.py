@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import ops
-from .errors import SourceError
-from .compression import detect_compression, open_uncompressed
-from .layerapply import apply_layer
-from .layers import _SKIP_XATTR_PREFIXES, CHUNK, lchown_mapped, remove_path, resolve_in_root
-from .pathmatch import PathMatcher, glob_match
+from builder.solve import ops
+from builder.errors import SourceError
+from builder.layer.compression import detect_compression, open_uncompressed
+from builder.layer.apply import apply_layer
+from builder.layer.tar import _SKIP_XATTR_PREFIXES, CHUNK, lchown_mapped, remove_path, resolve_in_root
+from builder.layer.pathmatch import PathMatcher, glob_match
 
 __all__ = ["SourceDir", "SourceMatch", "apply_file_op", "resolve_sources", "resolve_chown",
            "has_wildcards"]

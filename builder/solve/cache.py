@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digest import Digest
-from .image import LayerRef
-from .oci import Descriptor, canonical_json
-from .store import atomic_write
+from builder.image.digest import Digest
+from builder.image.view import LayerRef
+from builder.image.oci import Descriptor, canonical_json
+from builder.store.content import atomic_write
 
 CACHE_FORMAT = 1
 

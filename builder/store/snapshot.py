@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from .errors import SandboxError
-from .image import Chain, chain_id
-from .compression import open_uncompressed
-from .layerapply import apply_layer
-from .layerdiff import overlay_changes, tree_changes
-from .layers import Change, remove_path
-from .store import ContentStore, VerifyingReader, file_lock, pid_alive
+from builder.errors import SandboxError
+from builder.image.view import Chain, chain_id
+from builder.layer.compression import open_uncompressed
+from builder.layer.apply import apply_layer
+from builder.layer.diff import overlay_changes, tree_changes
+from builder.layer.tar import Change, remove_path
+from builder.store.content import ContentStore, VerifyingReader, file_lock, pid_alive
 
 MAX_LOWERS = 35
 FLATTEN_EVERY = 32

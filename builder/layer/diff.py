@@ -11,8 +11,8 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LayerError
-from .layers import _OPAQUE_XATTRS, WHITEOUT_PREFIX, Change, _lgetxattr, _rel
+from builder.errors import LayerError
+from builder.layer.tar import _OPAQUE_XATTRS, WHITEOUT_PREFIX, Change, _lgetxattr, _rel
 
 __all__ = ["overlay_changes", "tree_changes"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
-from .errors import AuthError
+from builder.errors import AuthError
 
 if TYPE_CHECKING:   # requests is imported where tokens are fetched: the CLI imports this module early
     import requests

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digest import Digest
-from .errors import RegistryError, StoreError
-from .oci import MAX_MANIFEST_SIZE, REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, pick_platform
-from .reference import Reference
-from .store import ContentStore
+from builder.image.digest import Digest
+from builder.errors import RegistryError, StoreError
+from builder.image.oci import MAX_MANIFEST_SIZE, REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, pick_platform
+from builder.image.reference import Reference
+from builder.store.content import ContentStore
 
 if TYPE_CHECKING:   # the registry client (and requests) load only when a registry is used
-    from .registry import RegistryClient
+    from builder.registry.client import RegistryClient
 
 _MAX_CONFIG_SIZE = 16 << 20
 _MAX_DEPTH = 4

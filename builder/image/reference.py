@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .digest import Digest
+from builder.image.digest import Digest
 
 DEFAULT_REGISTRY = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
