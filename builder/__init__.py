@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["build", "BuildRequest", "BuildResult", "OutputSpec", "PybuildError", "DockerfileError", "ExecError"]
 
 _LAZY = {
-    "build": "builder.api", "BuildRequest": "builder.api", "BuildResult": "builder.api", "OutputSpec": "builder.api",
+    "build": "builder.api", "BuildRequest": "builder.request", "BuildResult": "builder.request", "OutputSpec": "builder.request",
     "PybuildError": "builder.errors", "DockerfileError": "builder.errors", "ExecError": "builder.errors",
 }
 

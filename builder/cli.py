@@ -24,7 +24,8 @@ def default_root(env: dict[str, str]) -> Path:
 
 def parse_output(text: str) -> Any:
     """buildx --output: `type=oci,dest=F[,compression=zstd]`, `DIR` (local), `-` (tar to stdout)."""
-    from builder.api import OutputSpec
+    from builder.image.oci import Compression
+    from builder.request import OutputSpec
     if text == "-":
         return OutputSpec(type="tar", dest="-")
     if "=" not in text:
@@ -41,8 +42,10 @@ def parse_output(text: str) -> Any:
     comp = fields.pop("compression", "gzip")
     if typ not in ("oci", "tar", "local", "image"):
         raise click.BadParameter(f"type={typ} is not supported yet (oci, tar, local, image)", param_hint="--output")
-    if comp not in ("gzip", "zstd", "uncompressed"):
-        raise click.BadParameter(f"compression={comp}: use gzip, zstd or uncompressed", param_hint="--output")
+    try:
+        compression = Compression.parse(comp)
+    except ValueError:
+        raise click.BadParameter(f"compression={comp}: use gzip, zstd or uncompressed", param_hint="--output") from None
     if typ != "oci" and comp != "gzip":
         raise click.BadParameter("compression= applies to type=oci only", param_hint="--output")
     names = tuple(n for n in fields.pop("name", "").split(",") if n) if typ == "image" else ()
@@ -50,7 +53,7 @@ def parse_output(text: str) -> Any:
         raise click.BadParameter(f"unknown key(s) {', '.join(sorted(fields))}", param_hint="--output")
     if typ in ("oci", "tar", "local") and not dest:
         raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
-    return OutputSpec(type=typ, dest=dest, compression=comp, names=names)  # type: ignore[arg-type]
+    return OutputSpec(type=typ, dest=dest, compression=compression, names=names)  # type: ignore[arg-type]
 
 
 def parse_source_date_epoch(env: dict[str, str]) -> int | None:
@@ -147,7 +150,8 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
               secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, allow: tuple[str, ...],
               snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
-    from builder.api import BuildRequest, build
+    from builder.api import build
+    from builder.request import BuildRequest
     from builder.registry.auth import docker_config_path
     from builder.progress import renderer_for
     env = dict(os.environ)
@@ -178,7 +182,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         import json
         from builder.store.content import atomic_write
         atomic_write(metadata_file, json.dumps(dict(result.metadata), indent=2, sort_keys=True).encode() + b"\n")
-    click.echo(result.digest, err=to_stdout)
+    click.echo(str(result.digest), err=to_stdout)
 
 
 @cli.command("images")

@@ -12,12 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from builder.api import BuildRequest, BuildResult, OutputSpec
+from builder.request import BuildRequest, BuildResult, OutputSpec
 from builder.solve.cache import CacheIndex
-from builder.layer.compression import Compression
 from builder.errors import DockerfileError, PybuildError, SandboxError, SourceError, UsageError
 from builder.image.view import Chain, HostDir, LayerRef
-from builder.image.oci import History, ImageConfig, Platform
+from builder.image.oci import Compression, History, ImageConfig, Platform
 from builder.solve.ops import HTTPSource, ImageSource, InlineSource, OCILayoutSource
 
 # The solver (networkx), the frontend and the exporter are imported inside run(), after the
@@ -205,8 +204,8 @@ class BuildSession:
         image = self._export_all(result.chain, built_layers, config, worker)
         meta = {"containerimage.digest": str(image.manifest_descriptor.digest),
                 "containerimage.config.digest": str(image.config_descriptor.digest)}
-        return BuildResult(digest=str(image.manifest_descriptor.digest),
-                           config_digest=str(image.config_descriptor.digest),
+        return BuildResult(digest=image.manifest_descriptor.digest,
+                           config_digest=image.config_descriptor.digest,
                            descriptor=image.manifest_descriptor, metadata=meta)
 
     def _graph(self) -> tuple[Any, dict[str, Path]]:
@@ -273,7 +272,7 @@ class BuildSession:
         # Layers are written in the first OCI output's compression (one pass: tar, compress, hash).
         # Builds that export no OCI tar keep layers uncompressed: BuildKit's image store and
         # rootfs outputs do not compress either, and a later OCI export compresses them once.
-        comp: Compression = next((o.compression for o in self.req.outputs if o.type == "oci"), "uncompressed")
+        comp = next((o.compression for o in self.req.outputs if o.type == "oci"), Compression.UNCOMPRESSED)
         return Worker(self.store, SandboxOptions(root=self.root, snapshotter=self.req.snapshotter,
                                                  compression=comp, source_date_epoch=self.req.source_date_epoch))
 

@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterable
 
 from builder.layer.compression import Compressor, open_uncompressed
 from builder.image.view import Chain, LayerRef
-from builder.image.oci import REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
+from builder.image.oci import REF_NAME, Compression, Descriptor, ImageConfig, Index, Manifest, MediaType, canonical_json
 from builder.store.content import ContentStore, atomic_output, atomic_write
 
 CHUNK = 1 << 20
@@ -43,7 +43,7 @@ def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig) -> Bu
 
 # ---------------------------------------------------------------------- recompression
 
-def recompress(store: ContentStore, layer: LayerRef, compression: str) -> LayerRef:
+def recompress(store: ContentStore, layer: LayerRef, compression: Compression) -> LayerRef:
     """The same layer (same diff_id) with another compression, stored once and remembered."""
     if MediaType.compression(layer.descriptor.media_type) == compression:
         return layer
@@ -56,7 +56,7 @@ def recompress(store: ContentStore, layer: LayerRef, compression: str) -> LayerR
         pass
     with store.open(layer.descriptor.digest) as raw, store.writer() as w:
         src = open_uncompressed(raw)
-        c = Compressor(w, compression)  # type: ignore[arg-type]
+        c = Compressor(w, compression)
         while True:
             b = src.read(CHUNK)
             if not b:

@@ -4,12 +4,31 @@ Rendering is canonical (sorted keys, compact separators) so that equal values gi
 """
 from __future__ import annotations
 
+import enum
 import json
 import platform as _platform
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from builder.image.digest import Digest
+
+
+class Compression(str, enum.Enum):
+    """How a layer blob is compressed: the one definition (outputs, the sandbox, codecs)."""
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    UNCOMPRESSED = "uncompressed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str) -> "Compression":
+        """The compression named `text`; ValueError names the accepted values."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"unknown compression {text!r}: use gzip, zstd or uncompressed") from None
 
 
 class MediaType:
@@ -30,18 +49,18 @@ class MediaType:
     INDEXES = (OCI_INDEX, DOCKER_LIST)
 
     @staticmethod
-    def compression(media_type: str) -> str:
-        """'gzip', 'zstd' or 'uncompressed' for a layer media type."""
+    def compression(media_type: str) -> Compression:
+        """The compression of a layer media type."""
         if media_type.endswith("gzip"):
-            return "gzip"
+            return Compression.GZIP
         if media_type.endswith("zstd"):
-            return "zstd"
-        return "uncompressed"
+            return Compression.ZSTD
+        return Compression.UNCOMPRESSED
 
     @staticmethod
-    def oci_layer(compression: str) -> str:
-        return {"gzip": MediaType.OCI_LAYER_GZIP, "zstd": MediaType.OCI_LAYER_ZSTD,
-                "uncompressed": MediaType.OCI_LAYER}[compression]
+    def oci_layer(compression: Compression) -> str:
+        return {Compression.GZIP: MediaType.OCI_LAYER_GZIP, Compression.ZSTD: MediaType.OCI_LAYER_ZSTD,
+                Compression.UNCOMPRESSED: MediaType.OCI_LAYER}[Compression(compression)]
 
 
 REF_NAME = "org.opencontainers.image.ref.name"     # the tag annotation in an OCI layout's index.json

@@ -14,13 +14,14 @@ import io
 import lzma
 from typing import Any, BinaryIO, Literal, Protocol
 
+from builder.image.oci import Compression
+
 ISAL_LEVEL = 1
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
 ZSTD_THREADS = 2
 CHUNK = 1 << 20
 
-Compression = Literal["gzip", "zstd", "uncompressed"]
 
 __all__ = ["Compressor", "detect_compression", "open_uncompressed", "ISAL_LEVEL", "GZIP_LEVEL",
            "ZSTD_LEVEL", "ZSTD_THREADS"]
@@ -41,7 +42,7 @@ class Sink(Protocol):
 class Compressor:
     """write() compressed bytes into `out`; close() finishes the stream (does not close `out`)."""
 
-    def __init__(self, out: "Sink", compression: str) -> None:
+    def __init__(self, out: "Sink", compression: Compression) -> None:
         self._out = out
         self._z: Any
         if compression == "uncompressed":

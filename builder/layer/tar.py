@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Literal
 
+from builder.image.oci import Compression
 from builder.layer.compression import CHUNK, Compressor
 from builder.image.digest import Digest, DigestingWriter
 from builder.errors import IdMappingError, LayerError
@@ -235,7 +236,7 @@ def _add_xattrs(ti: tarfile.TarInfo, full: Path) -> None:
 
 
 def write_layer(root: Path, changes: Iterable[Change], sink: BinaryIO, *,
-                compression: Literal["gzip", "zstd", "uncompressed"],
+                compression: Compression,
                 source_date_epoch: int | None = None) -> LayerStats:
     """Write a deterministic layer tar of `changes` (taken from `root`) to `sink`.
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Literal, Mapping
 
+from builder.image.oci import Compression
 from builder import errors
 
 from builder.sandbox import server as nsworker
@@ -36,7 +37,7 @@ _PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 class SandboxOptions:
     root: Path                          # pybuild root; snapshots (so/, sn/), cache-mounts/, w/ live here
     snapshotter: Literal["auto", "overlay", "native"] = "auto"
-    compression: Literal["gzip", "zstd", "uncompressed"] = "gzip"
+    compression: Compression = Compression.GZIP
     source_date_epoch: int | None = None
 
 

@@ -22,7 +22,8 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO
+from builder.image.oci import Compression
 
 CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
 
@@ -32,7 +33,7 @@ class Config:
     root: str
     store_root: str
     snapshotter: str
-    compression: Literal["gzip", "zstd", "uncompressed"]
+    compression: Compression
     source_date_epoch: int | None
     idmap_size: int
     setgroups: bool

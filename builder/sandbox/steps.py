@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from builder.image.oci import Compression
 from builder.sandbox.server import Chunk, _Server
 
 
@@ -139,7 +140,7 @@ def export_rootfs(server: _Server, rid: int, *, chain: Any, dest_dir: str | None
                 sink: Any = (out.enter_context(open(tar_path, "r+b")) if tar_path
                              else _ChunkSink(server, rid))
                 write_layer(root, tree_changes(sd / "e", root), sink,
-                            compression="uncompressed", source_date_epoch=server.cfg.source_date_epoch)
+                            compression=Compression.UNCOMPRESSED, source_date_epoch=server.cfg.source_date_epoch)
                 sink.flush()
 
 

@@ -128,6 +128,7 @@ class ExecOp(_Op):
     user: str = ""
     mounts: tuple[Mount, ...] = ()
     network: Literal["default", "none", "host"] = "default"
+    proxy_env: tuple[str, ...] = ()   # proxy build args (HTTP_PROXY=…): in the step's env, never in its cache key
 
 
 # ---------------------------------------------------------------- file ops
