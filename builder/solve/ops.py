@@ -17,6 +17,11 @@ from typing import Any, Literal, Union
 
 from builder.image.oci import Platform
 
+# Build args that set a step's proxies (BuildKit's ProxyEnv): given to RUN steps, never in a cache
+# key or the image, and not declared by ARG.
+PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+              "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+
 
 def _jsonable(v: Any) -> Any:
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
