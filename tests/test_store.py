@@ -88,7 +88,8 @@ def test_verified_reads_catch_corruption_at_the_end(tmp_path):
 
 def test_corrupt_layer_blob_is_not_exported_or_applied(tmp_path):
     """The exporter streams blobs through a verifying reader."""
-    from builder.export.oci import assemble_image, write_oci_tar
+    from builder.export.assemble import assemble_image
+    from builder.export.oci import write_oci_tar
     from builder.image.view import LayerRef
     s = ContentStore(tmp_path)
     d, n = s.put_bytes(b"layer-bytes")

@@ -55,7 +55,7 @@ Source = Union[HostDir, ChainSource]
 class ResolvedImage:
     """What the frontend learns about a base image: pinned digest and config."""
     ref: str
-    digest: str
+    digest: Digest
     config: ImageConfig
 
 

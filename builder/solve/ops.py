@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+from builder.image.digest import Digest
 from builder.image.oci import Platform
 
 # Build args that set a step's proxies (BuildKit's ProxyEnv): given to RUN steps, never in a cache
@@ -24,6 +25,8 @@ PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PRO
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, Digest):
+        return str(v)
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         d = {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
         d["@type"] = type(v).__name__
@@ -51,7 +54,7 @@ class ImageSource(_Op):
     `digest` is the manifest digest the frontend's resolver pinned (so the vertex changes when the
     image does)."""
     ref: str
-    digest: str
+    digest: Digest
     platform: Platform
 
 
@@ -74,7 +77,7 @@ class OCILayoutSource(_Op):
     """An image inside an OCI layout directory (`--build-context NAME=oci-layout://DIR[:TAG]`)."""
     path: str
     tag: str
-    digest: str
+    digest: Digest
     platform: Platform
 
 

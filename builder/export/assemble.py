@@ -1,0 +1,63 @@
+"""Assemble an image in the content store (config and manifest blobs over a chain of layers), and
+recompress a stored layer for an output that wants another compression (verified while read)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from builder.image.oci import Compression, Descriptor, ImageConfig, Manifest, MediaType, canonical_json
+from builder.image.view import Chain, LayerRef
+from builder.layer.compression import Compressor, open_uncompressed
+from builder.store.content import ContentStore, atomic_write
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuiltImage:
+    manifest_descriptor: Descriptor
+    manifest: Manifest
+    config_descriptor: Descriptor
+    config: ImageConfig
+
+
+def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig) -> BuiltImage:
+    """Write config and manifest blobs for `chain` + `config` (diff_ids taken from the chain)."""
+    cfg = replace(config, diff_ids=tuple(l.diff_id for l in chain))
+    raw_cfg = cfg.to_bytes()
+    cd, cs = store.put_bytes(raw_cfg)
+    cdesc = Descriptor(media_type=MediaType.OCI_CONFIG, digest=cd, size=cs)
+    man = Manifest(config=cdesc, layers=tuple(l.descriptor for l in chain))
+    raw_man = man.to_bytes()
+    md, ms = store.put_bytes(raw_man)
+    mdesc = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=md, size=ms, platform=cfg.platform)
+    return BuiltImage(manifest_descriptor=mdesc, manifest=man, config_descriptor=cdesc, config=cfg)
+
+
+def recompress(store: ContentStore, layer: LayerRef, compression: Compression) -> LayerRef:
+    """The same layer (same diff_id) with another compression, stored once and remembered."""
+    if MediaType.compression(layer.descriptor.media_type) == compression:
+        return layer
+    memo = store.root / "converted" / f"{layer.descriptor.digest.hex}-{compression}.json"
+    try:
+        desc = Descriptor.from_json(json.loads(memo.read_bytes()))
+        if store.has(desc.digest):
+            return LayerRef(descriptor=desc, diff_id=layer.diff_id)
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    src_desc = layer.descriptor
+    with store.open_verified(src_desc.digest, src_desc.size) as raw, store.writer() as w:   # never a replaced blob
+        src = open_uncompressed(raw)
+        c = Compressor(w, compression)
+        while True:
+            b = src.read(CHUNK)
+            if not b:
+                break
+            c.write(b)
+        c.close()
+        d, size = w.commit()
+    desc = Descriptor(media_type=MediaType.oci_layer(compression), digest=d, size=size)
+    atomic_write(memo, canonical_json(desc.to_json()))
+    return LayerRef(descriptor=desc, diff_id=layer.diff_id)
+
+

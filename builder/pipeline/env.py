@@ -1,0 +1,60 @@
+"""The place one build works in: the store, the cache index and a private temp dir under the
+pybuild root, and (created on first use) the registry client. Closing it removes the temp dir
+and closes what it opened."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builder.request import BuildRequest
+from builder.solve.cache import CacheIndex
+from builder.store.content import ContentStore, remove_stale
+
+if TYPE_CHECKING:     # requests loads only when a registry is used
+    from builder.registry.client import RegistryClient
+
+
+def default_root() -> Path:
+    return Path.home() / ".local" / "share" / "pybuild"
+
+
+class BuildEnv:
+    """`with BuildEnv(request) as env:` — store, cache, tmp and registry for one build."""
+
+    def __init__(self, req: BuildRequest) -> None:
+        self.req = req
+        self.root = Path(req.root) if req.root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = ContentStore(self.root)
+        self.cache = CacheIndex(self.root)
+        (self.root / "tmp").mkdir(exist_ok=True)
+        remove_stale(self.root / "tmp", "build-")              # left by builds that were killed
+        remove_stale(self.store.ingest_dir, "ingest-")
+        self.tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"build-{os.getpid()}-"))
+        self.stack = contextlib.ExitStack()
+        self._client: RegistryClient | None = None
+
+    def __enter__(self) -> "BuildEnv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stack.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def registry(self) -> RegistryClient:
+        """The registry client of this build (one HTTP session, credentials from docker config)."""
+        if self._client is None:
+            import requests
+            from builder.registry.auth import Authenticator
+            from builder.registry.client import RegistryClient
+            session = requests.Session()
+            self.stack.callback(session.close)
+            auth = Authenticator(session=session, config_path=self.req.docker_config)
+            self._client = RegistryClient(session, auth=auth, insecure_hosts=self.req.insecure_registries)
+        return self._client

@@ -1,0 +1,1 @@
+"""One runner per op type (see builder.solve.runner for the contract)."""
