@@ -2,7 +2,6 @@
 real exec/file runners over a fake executor."""
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from builder.solve.runners.exec import ExecRunner
 from builder.solve.runners.file import FileRunner
 from builder.solve.runners.sources import LocalRunner, ScratchRunner
 from builder.solve.selection import Selection
-from builder.image.digest import Digest
 from builder.errors import StepError
 from builder.solve.graph import BuildGraph, SourceLocation, Target, Vertex
 from builder.image.view import HostDir, LayerRef
