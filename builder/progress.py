@@ -9,10 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal, TextIO, Union
 
+from builder.image.digest import Digest
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VertexEvent:
-    vertex: str                  # vertex digest
+    vertex: Digest               # vertex digest
     name: str
     status: Literal["started", "cached", "done", "error"]
     time: float = field(default_factory=time.monotonic)
@@ -22,7 +24,7 @@ class VertexEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogEvent:
-    vertex: str
+    vertex: Digest
     name: str
     data: bytes
 
@@ -46,11 +48,11 @@ class PlainRenderer:
     def __init__(self, out: TextIO | None = None, *, show_misses: bool = True) -> None:
         self._out = out or sys.stderr
         self._verbose_misses = show_misses
-        self._ids: dict[str, int] = {}
-        self._start: dict[str, float] = {}
+        self._ids: dict[Digest, int] = {}
+        self._start: dict[Digest, float] = {}
         self._lock = threading.Lock()
 
-    def _id(self, vertex: str) -> int:
+    def _id(self, vertex: Digest) -> int:
         if vertex not in self._ids:
             self._ids[vertex] = len(self._ids) + 1
         return self._ids[vertex]
@@ -90,8 +92,8 @@ class TtyRenderer:
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._t0 = time.monotonic()
-        self._order: list[str] = []
-        self._rows: dict[str, dict] = {}
+        self._order: list[Digest] = []
+        self._rows: dict[Digest, dict] = {}
         self._drawn = 0
         self._last = 0.0
         self._lock = threading.Lock()
@@ -117,7 +119,7 @@ class TtyRenderer:
             if finished or now - self._last >= 0.1:
                 self._draw(now)
 
-    def _row(self, vertex: str, name: str) -> dict:
+    def _row(self, vertex: Digest, name: str) -> dict:
         if vertex not in self._rows:
             self._order.append(vertex)
             self._rows[vertex] = {"name": name, "start": time.monotonic(), "log": []}

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import replace
 from typing import Mapping
 
+from builder.image.digest import Digest
 from builder.image.oci import History, ImageConfig
 from builder.image.view import Chain
 from builder.solve.graph import Target
@@ -16,7 +17,7 @@ def epoch_time(source_date_epoch: int) -> str:
     return dt.datetime.fromtimestamp(source_date_epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_config(target: Target, steps: Mapping[str, StepInfo], chain: Chain,
+def image_config(target: Target, steps: Mapping[Digest, StepInfo], chain: Chain,
                  source_date_epoch: int | None) -> ImageConfig:
     """`target.config` with `created` and one history entry per instruction (base image history
     first); empty_layer where a step made no layer. Always one non-empty entry per layer."""

@@ -27,7 +27,7 @@ from builder.solve.solver import SolveOptions, Solver
 @dataclass(frozen=True, kw_only=True)
 class Solved:
     result: Result
-    steps: Mapping[str, StepInfo]
+    steps: Mapping[Digest, StepInfo]
 
 
 def checksummer(memo: ChecksumMemo) -> Checksummer:

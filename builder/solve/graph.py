@@ -12,6 +12,7 @@ from typing import Iterator
 
 import networkx as nx
 
+from builder.image.digest import Digest
 from builder.image.oci import ImageConfig, canonical_json
 from builder.solve.ops import Op
 
@@ -35,9 +36,9 @@ class Vertex:
     created_by: str = ""                       # history text, e.g. "RUN /bin/sh -c make # buildkit"
 
     @cached_property
-    def digest(self) -> str:
-        payload = {"op": self.op.op_json(), "inputs": [i.digest for i in self.inputs]}
-        return "sha256:" + hashlib.sha256(canonical_json(payload)).hexdigest()
+    def digest(self) -> Digest:
+        payload = {"op": self.op.op_json(), "inputs": [str(i.digest) for i in self.inputs]}
+        return Digest("sha256", hashlib.sha256(canonical_json(payload)).hexdigest())
 
     def __hash__(self) -> int:
         return hash(self.digest)
@@ -74,7 +75,7 @@ class BuildGraph:
     def from_target(cls, target: Target) -> "BuildGraph":
         g = nx.DiGraph()
         stack = [target.vertex]
-        seen: set[str] = set()
+        seen: set[Digest] = set()
         while stack:
             v = stack.pop()
             if v.digest in seen:
@@ -86,7 +87,7 @@ class BuildGraph:
                 stack.append(i)
         return cls(target=target, graph=g)
 
-    def vertex(self, digest: str) -> Vertex:
+    def vertex(self, digest: Digest) -> Vertex:
         return self.graph.nodes[digest]["vertex"]
 
     def topological(self) -> Iterator[Vertex]:
@@ -95,7 +96,7 @@ class BuildGraph:
 
     def dump(self) -> str:
         """A stable text form (golden tests): one line per vertex in topological order."""
-        ids: dict[str, int] = {}
+        ids: dict[Digest, int] = {}
         lines = []
         for d in nx.lexicographical_topological_sort(self.graph, key=lambda d: (self.vertex(d).name, d)):
             v = self.vertex(d)

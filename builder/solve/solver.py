@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from builder.errors import BuildCancelled, PybuildError, StepError
+from builder.image.digest import Digest
 from builder.progress import ProgressSink, VertexEvent, null_sink
 from builder.solve.cache import CacheIndex, CacheKey, CacheMap, CacheRecord, cache_key
 from builder.solve.explain import MissExplainer
@@ -51,8 +52,8 @@ class Solver:
         self._cache = cache
         self._why = explainer
         self._opts = options
-        self._results: dict[str, Result] = {}
-        self.steps: dict[str, StepInfo] = {}
+        self._results: dict[Digest, Result] = {}
+        self.steps: dict[Digest, StepInfo] = {}
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
 
@@ -62,7 +63,7 @@ class Solver:
         the failing vertex's Dockerfile location and digest, or BuildCancelled."""
         g = graph.graph
         pending = {d: set(g.predecessors(d)) for d in g.nodes}
-        running: dict[cf.Future[Result], str] = {}
+        running: dict[cf.Future[Result], Digest] = {}
         with cf.ThreadPoolExecutor(max_workers=self._opts.max_parallel, thread_name_prefix="solve") as pool:
             try:
                 while pending or running:
@@ -105,7 +106,7 @@ class Solver:
         except PybuildError as e:
             loc = str(v.source_location) if v.source_location else None
             self._opts.progress(VertexEvent(vertex=v.digest, name=v.name, status="error", error=str(e)))
-            raise StepError(f"{_short(v.name)}: {e}", location=loc, vertex=v.digest, cause=e) from e
+            raise StepError(f"{_short(v.name)}: {e}", location=loc, vertex=str(v.digest), cause=e) from e
 
     def _run_uncached(self, v: Vertex, runner: Runner, inputs: list[Result]) -> Result:
         if runner.announce:
