@@ -311,7 +311,7 @@ def test_an_op_without_a_runner_fails_with_its_location(tmp_path):
                     explainer=MissExplainer(tmp_path / "root"), options=SolveOptions())
     with pytest.raises(StepError) as ei:
         solver.solve(BuildGraph.from_target(Target(vertex=v, config=ImageConfig())))
-    assert ei.value.location == "Dockerfile:9" and ei.value.vertex == v.digest
+    assert ei.value.location == "Dockerfile:9" and ei.value.vertex == str(v.digest)
     assert "no runner for op FakeStep" in str(ei.value)
 
 
