@@ -119,13 +119,14 @@ class _Converter:
         return v, res
 
     def _resolve(self, ins: I.Instruction, call: Callable[[], ResolvedImage]) -> ResolvedImage:
-        """Resolver failures (bad reference, registry errors) name the instruction's line."""
+        """Resolver failures (bad reference, registry errors) keep their type and get the
+        instruction's location (`Dockerfile:LINE`) when they have none."""
         try:
             return call()
-        except (DockerfileError, BuildCancelled):
+        except BuildCancelled:
             raise
         except PybuildError as e:
-            raise DockerfileError(str(e), filename=self.opts.filename, line=ins.line) from e
+            raise e.at(f"{self.opts.filename}:{ins.line}")
 
     def _named(self, name: str, platform: Platform, ins: I.Instruction) -> _Base:
         nc = self.opts.named_contexts[name]

@@ -167,8 +167,8 @@ def dispatch_run(st: StageState, c: I.Run, sources: SourceResolver) -> None:
     if not args:
         raise st.error(c, "RUN requires at least one argument")
     full = [*st.shell, *args] if shell_form else args
-    op = ExecOp(args=tuple(full), env=st.run_env(), cwd=st.workdir, user=st.config.user, mounts=tuple(mounts),
-                network=(c.network or "default"))  # type: ignore[arg-type]
+    op = ExecOp(args=tuple(full), env=st.run_env(), proxy_env=st.proxy_env(), cwd=st.workdir,
+                user=st.config.user, mounts=tuple(mounts), network=(c.network or "default"))  # type: ignore[arg-type]
     created = "RUN " + st.run_args_prefix() + " ".join(full) + " # buildkit"
     st.vertex = st.vertex_for(c, op, tuple(inputs), created)
     st.record(created, st.vertex)

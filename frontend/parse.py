@@ -135,7 +135,10 @@ def heredocs_in(rest: str) -> list[tuple[str, bool, bool]]:
 
 
 def _tokenize(text: str) -> list[dict]:
-    parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8", "surrogateescape")))
+    """dockerfile_parse's structure (keyword and line range of each instruction). It reads UTF-8
+    only, and only the line ranges are used: undecodable bytes (surrogate escapes) are given to it
+    as "?" (the text itself is taken from our own lines)."""
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8", "replace")))
     return sorted((s for s in parser.structure if s["instruction"] != "COMMENT"), key=lambda s: s["startline"])
 
 
