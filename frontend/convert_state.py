@@ -17,6 +17,7 @@ from builder.solve.ops import PROXY_ARGS, Op
 
 from .instructions import Instruction
 from .shell import ExpansionError, expand_word, expand_words
+from .text import valid_utf8
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -61,7 +62,7 @@ class StageState:
 
     def next_name(self, text: str) -> str:
         prefix = f"{self.label} " if self.label else ""
-        return f"[{prefix}{self.step}/{self.total}] {text}"
+        return valid_utf8(f"[{prefix}{self.step}/{self.total}] {text}")
 
     def vertex_for(self, ins: Instruction, op: Op, inputs: tuple[Vertex, ...], created_by: str) -> Vertex:
         return Vertex(op=op, inputs=inputs, name=self.next_name(ins.original),

@@ -25,7 +25,7 @@ def _convert(case_dir: Path):  # type: ignore[no-untyped-def]
     opts = FrontendOptions(build_args=case.get("build_args", {}), target=case.get("target"),
                            platform=Platform(os="linux", architecture="amd64"),
                            build_platform=Platform(os="linux", architecture="amd64"), resolver=FakeResolver())
-    return case, convert((case_dir / dockerfile).read_text(), opts)
+    return case, convert((case_dir / dockerfile).read_bytes(), opts)
 
 
 def _norm(cfg: dict) -> dict:
