@@ -245,7 +245,7 @@ def convert(dockerfile: bytes | str, opts: FrontendOptions) -> BuildGraph:
     of the resolver keep their type and get the instruction's location."""
     try:
         return _convert(decode_dockerfile(dockerfile), opts)
-    except DockerfileError as e:
+    except PybuildError as e:
         e.message = valid_utf8(e.message)      # may quote the Dockerfile's undecodable bytes
         raise
 
