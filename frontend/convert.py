@@ -22,9 +22,11 @@ from .convert_copy import dispatch_copy
 from .convert_meta import dispatch_meta
 from .convert_run import dispatch_run
 from .convert_state import DEFAULT_PATH, StageResult, StageState, result_of
+from .instruction_parse import parse_instruction
 from .parse import parse_dockerfile, parse_line
 from .shell import ExpansionError, expand_word
 from .stages import Stage, Stages, build_order, split_stages
+from .text import decode_dockerfile, valid_strings, valid_utf8
 
 __all__ = ["NamedContext", "FrontendOptions", "convert"]
 
@@ -119,13 +121,14 @@ class _Converter:
         return v, res
 
     def _resolve(self, ins: I.Instruction, call: Callable[[], ResolvedImage]) -> ResolvedImage:
-        """Resolver failures (bad reference, registry errors) name the instruction's line."""
+        """Resolver failures (bad reference, registry errors) keep their type and get the
+        instruction's location (`Dockerfile:LINE`) when they have none."""
         try:
             return call()
-        except (DockerfileError, BuildCancelled):
+        except BuildCancelled:
             raise
         except PybuildError as e:
-            raise DockerfileError(str(e), filename=self.opts.filename, line=ins.line) from e
+            raise e.at(f"{self.opts.filename}:{ins.line}")
 
     def _named(self, name: str, platform: Platform, ins: I.Instruction) -> _Base:
         nc = self.opts.named_contexts[name]
@@ -214,7 +217,7 @@ class _Converter:
         st.set_config(onbuild=())
         for text in triggers:
             raw = parse_line(text, filename=self.opts.filename, line=stage.from_.line)
-            ins = replace(I.parse_instruction(raw, filename=self.opts.filename, escape=self.escape),
+            ins = replace(parse_instruction(raw, filename=self.opts.filename, escape=self.escape),
                           original=f"ONBUILD {raw.original}")
             if isinstance(ins, (I.From, I.Onbuild, I.Maintainer)):
                 raise DockerfileError(f"{raw.keyword} isn't allowed as an ONBUILD trigger",
@@ -232,11 +235,24 @@ class _Converter:
             raise st.error(cmd, f"unexpected instruction {cmd.original!r}")
 
 
-def convert(dockerfile: str, opts: FrontendOptions) -> BuildGraph:
-    """Convert Dockerfile text into a BuildGraph for `opts.target` (default: the last stage).
-    Raises DockerfileError (file and line) for anything wrong with the Dockerfile itself."""
+def convert(dockerfile: bytes | str, opts: FrontendOptions) -> BuildGraph:
+    """Convert a Dockerfile into a BuildGraph for `opts.target` (default: the last stage).
+
+    `dockerfile` is the file's content as read from disk (`Path.read_bytes()`): bytes that are not
+    UTF-8 are kept (surrogate escapes, see frontend.text) and reach the ops unchanged; the image
+    config and history get U+FFFD for them. Text (`str`) is taken as given.
+    Raises DockerfileError (file and line) for anything wrong with the Dockerfile itself; errors
+    of the resolver keep their type and get the instruction's location."""
+    try:
+        return _convert(decode_dockerfile(dockerfile), opts)
+    except PybuildError as e:
+        e.message = valid_utf8(e.message)      # may quote the Dockerfile's undecodable bytes
+        raise
+
+
+def _convert(dockerfile: str, opts: FrontendOptions) -> BuildGraph:
     parsed = parse_dockerfile(dockerfile, filename=opts.filename)
-    typed = tuple(I.parse_instruction(raw, filename=opts.filename, escape=parsed.escape)
+    typed = tuple(parse_instruction(raw, filename=opts.filename, escape=parsed.escape)
                   for raw in parsed.instructions)
     stages = split_stages(typed, filename=opts.filename)
     conv = _Converter(opts, stages, parsed.escape)
@@ -246,6 +262,7 @@ def convert(dockerfile: str, opts: FrontendOptions) -> BuildGraph:
     for stage in order:
         conv.convert_stage(stage)
     res = conv.results[target.index]
-    cfg = ImageConfig(platform=res.platform, config=res.config, author=res.author)
-    return BuildGraph.from_target(Target(vertex=res.vertex, config=cfg, history=res.history,
+    cfg = ImageConfig(platform=res.platform, config=valid_strings(res.config), author=valid_utf8(res.author))
+    history = tuple(replace(h, created_by=valid_utf8(h.created_by)) for h in res.history)
+    return BuildGraph.from_target(Target(vertex=res.vertex, config=cfg, history=history,
                                          base_history=res.base_history))

@@ -74,27 +74,7 @@ def parse_mount(st: StageState, c: I.Run, spec: str, inputs: list[Vertex], sourc
     source = f.pop("source", None) or f.pop("src", None) or ""
     frm = f.pop("from", None) or ""
     mid = f.pop("id", None) or ""
-    readonly = {"bind": True, "secret": True, "ssh": True}.get(kind, False)
-    for k in ("readonly", "ro"):
-        if k in f:
-            readonly = _bool(st, c, k, f.pop(k))
-    for k in ("rw", "readwrite"):
-        if k in f:
-            readonly = not _bool(st, c, k, f.pop(k))
-    kw: dict = {}
-    if "sharing" in f:
-        kw["sharing"] = f.pop("sharing")
-        if kw["sharing"] not in ("shared", "private", "locked"):
-            raise st.error(c, f"unsupported cache sharing {kw['sharing']!r}")
-    if "mode" in f:
-        kw["mode"] = _int(st, c, "mode", f.pop("mode") or "", 8)
-    for k in ("uid", "gid"):
-        if k in f:
-            kw[k] = _int(st, c, k, f.pop(k) or "")
-    if "required" in f:
-        kw["required"] = _bool(st, c, "required", f.pop("required"))
-    if "size" in f:
-        kw["size"] = _size(st, c, f.pop("size") or "")
+    readonly, kw = _common_options(st, c, kind, f)
     env = f.pop("env", None) or ""
     if f:
         raise st.error(c, f"unexpected key {sorted(f)[0]!r} in --mount")
@@ -125,6 +105,33 @@ def parse_mount(st: StageState, c: I.Run, spec: str, inputs: list[Vertex], sourc
         return Mount(type="cache", target=target, source=src if frm else "", input=idx, readonly=readonly,
                      cache_id=mid or target, **kw)
     return Mount(type="bind", target=target, source=src, input=idx, readonly=readonly, **kw)
+
+
+def _common_options(st: StageState, c: I.Run, kind: str, f: dict[str, str | None]) -> tuple[bool, dict]:
+    """readonly (default by mount type) and the keyword fields every mount type may set
+    (sharing, mode, uid, gid, required, size); pops what it reads from `f`."""
+    readonly = {"bind": True, "secret": True, "ssh": True}.get(kind, False)
+    for k in ("readonly", "ro"):
+        if k in f:
+            readonly = _bool(st, c, k, f.pop(k))
+    for k in ("rw", "readwrite"):
+        if k in f:
+            readonly = not _bool(st, c, k, f.pop(k))
+    kw: dict = {}
+    if "sharing" in f:
+        kw["sharing"] = f.pop("sharing")
+        if kw["sharing"] not in ("shared", "private", "locked"):
+            raise st.error(c, f"unsupported cache sharing {kw['sharing']!r}")
+    if "mode" in f:
+        kw["mode"] = _int(st, c, "mode", f.pop("mode") or "", 8)
+    for k in ("uid", "gid"):
+        if k in f:
+            kw[k] = _int(st, c, k, f.pop(k) or "")
+    if "required" in f:
+        kw["required"] = _bool(st, c, "required", f.pop("required"))
+    if "size" in f:
+        kw["size"] = _size(st, c, f.pop("size") or "")
+    return readonly, kw
 
 
 def _abs(st: StageState, path: str) -> str:
@@ -167,8 +174,8 @@ def dispatch_run(st: StageState, c: I.Run, sources: SourceResolver) -> None:
     if not args:
         raise st.error(c, "RUN requires at least one argument")
     full = [*st.shell, *args] if shell_form else args
-    op = ExecOp(args=tuple(full), env=st.run_env(), cwd=st.workdir, user=st.config.user, mounts=tuple(mounts),
-                network=(c.network or "default"))  # type: ignore[arg-type]
+    op = ExecOp(args=tuple(full), env=st.run_env(), proxy_env=st.proxy_env(), cwd=st.workdir,
+                user=st.config.user, mounts=tuple(mounts), network=(c.network or "default"))  # type: ignore[arg-type]
     created = "RUN " + st.run_args_prefix() + " ".join(full) + " # buildkit"
     st.vertex = st.vertex_for(c, op, tuple(inputs), created)
     st.record(created, st.vertex)

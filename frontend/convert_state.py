@@ -13,15 +13,14 @@ from typing import Mapping
 from builder.errors import DockerfileError
 from builder.solve.graph import HistoryStep, SourceLocation, Vertex
 from builder.image.oci import ContainerConfig, Platform
-from builder.solve.ops import Op
+from builder.solve.ops import PROXY_ARGS, Op
 
 from .instructions import Instruction
 from .shell import ExpansionError, expand_word, expand_words
+from .text import valid_utf8
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
-PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
-              "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +62,7 @@ class StageState:
 
     def next_name(self, text: str) -> str:
         prefix = f"{self.label} " if self.label else ""
-        return f"[{prefix}{self.step}/{self.total}] {text}"
+        return valid_utf8(f"[{prefix}{self.step}/{self.total}] {text}")
 
     def vertex_for(self, ins: Instruction, op: Op, inputs: tuple[Vertex, ...], created_by: str) -> Vertex:
         return Vertex(op=op, inputs=inputs, name=self.next_name(ins.original),
@@ -102,7 +101,8 @@ class StageState:
             raise self.error(ins, str(e)) from e
 
     def run_env(self) -> tuple[str, ...]:
-        """Env of a RUN: image Env, then ARGs not shadowed by it, proxy build args, default PATH."""
+        """Env of a RUN (ExecOp.env, part of its cache key): image Env, then ARGs not shadowed by
+        it, then the default PATH. Proxy build args are not here: see proxy_env()."""
         env = [f"{k}={self.arg_overrides[k]}" if k in self.arg_overrides else e
                for e in self.config.env for k in (e.partition("=")[0],)]
         names = set(self.config.env_dict())
@@ -110,13 +110,16 @@ class StageState:
             if v is not None and k not in names:
                 env.append(f"{k}={v}")
                 names.add(k)
-        for k in PROXY_ARGS:
-            if k in self.build_args and k not in names:
-                env.append(f"{k}={self.build_args[k]}")
-                names.add(k)
         if "PATH" not in names:
             env.append(f"PATH={DEFAULT_PATH}")
         return tuple(env)
+
+    def proxy_env(self) -> tuple[str, ...]:
+        """ExecOp.proxy_env of a RUN: the proxy build args (ops.PROXY_ARGS order) whose name
+        run_env() does not set, so env + proxy_env never names a variable twice (a Dockerfile's
+        own `ENV HTTP_PROXY=...` or declared `ARG HTTP_PROXY` wins and stays in env)."""
+        names = {e.partition("=")[0] for e in self.run_env()}
+        return tuple(f"{k}={self.build_args[k]}" for k in PROXY_ARGS if k in self.build_args and k not in names)
 
     def run_args_prefix(self) -> str:
         """BuildKit's `|N K=V ...` history prefix for the stage's ARGs."""

@@ -22,6 +22,7 @@ from dockerfile_parse import DockerfileParser
 from builder.errors import DockerfileError
 
 from .shell import split_raw_words
+from .text import valid_utf8
 
 __all__ = ["Heredoc", "RawInstruction", "ParsedDockerfile", "parse_dockerfile", "parse_line"]
 
@@ -135,7 +136,10 @@ def heredocs_in(rest: str) -> list[tuple[str, bool, bool]]:
 
 
 def _tokenize(text: str) -> list[dict]:
-    parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8", "surrogateescape")))
+    """dockerfile_parse's structure (keyword and line range of each instruction). It reads UTF-8
+    only, and only the line ranges and keywords are used: undecodable bytes (surrogate escapes)
+    are given to it as U+FFFD (the text itself is taken from our own lines)."""
+    parser = DockerfileParser(fileobj=io.BytesIO(valid_utf8(text).encode("utf-8")))
     return sorted((s for s in parser.structure if s["instruction"] != "COMMENT"), key=lambda s: s["startline"])
 
 

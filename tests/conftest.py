@@ -1,5 +1,9 @@
 """Shared fixtures: the real registry, a busybox base image pushed to it, pybuild runners as root
-and as an unprivileged user."""
+and as an unprivileged user; where the shared test data is (`shared_dir()`, `shared_path()`).
+
+No test skips: a test that cannot find its data or tools fails, with a message that says what is
+missing (a skip on CI would hide a missing install step). `PYBUILD_ALLOW_SKIPS=1` lets a
+developer on a machine without them see skips instead."""
 from __future__ import annotations
 
 import os
@@ -20,6 +24,53 @@ from registry_fixture import registry  # noqa: E402,F401  (session fixture)
 
 UNPRIV_USER = "pybuild-ci"
 VENV_BIN = Path(sys.executable).parent
+MISSING_CASES = "<conformance cases missing>"
+
+
+def shared_dir() -> Path:
+    """The shared test data folder (the conformance suite): `$PYBUILD_SHARED`, else `../shared`
+    beside the checkout, as tests/run-all.sh finds it. Not checked: see shared_path()."""
+    env = os.environ.get("PYBUILD_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file or folder of the shared data. Fails the calling test (never skips) when missing."""
+    p = shared_dir().joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"shared test data missing: {p} (set PYBUILD_SHARED to the shared folder, or put it "
+                    f"at {REPO.parent / 'shared'} beside the checkout)", pytrace=False)
+    return p
+
+
+def conformance_case_names() -> list[str]:
+    """Names of the shared conformance cases (folders with a Dockerfile), for parametrize at
+    collection time. When the data is missing: one name, MISSING_CASES, whose test fails in
+    `shared_path("conformance", "cases", name)` (an empty parameter set would only skip)."""
+    cases = shared_dir() / "conformance" / "cases"
+    names = sorted(p.name for p in cases.glob("*") if (p / "Dockerfile").is_file()) if cases.is_dir() else []
+    return names or [MISSING_CASES]
+
+
+def _no_skip(report, nodeid: str) -> None:  # type: ignore[no-untyped-def]
+    """A skipped test (or module) is reported as failed, its reason kept, unless PYBUILD_ALLOW_SKIPS=1."""
+    if report.skipped and not hasattr(report, "wasxfail") and os.environ.get("PYBUILD_ALLOW_SKIPS") != "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{nodeid}: skipped, and the suite allows no skip ({reason}); install what it "
+                           "needs (see .ci/run), or set PYBUILD_ALLOW_SKIPS=1 to allow it on this machine")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    _no_skip(outcome.get_result(), item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # type: ignore[no-untyped-def]
+    outcome = yield
+    _no_skip(outcome.get_result(), collector.nodeid)
 
 
 def pybuild_cmd() -> list[str]:
@@ -50,7 +101,7 @@ def _ensure_user(name: str, subid_start: int | None) -> None:
 def unpriv_user() -> str:
     """An unprivileged user with an /etc/subuid + /etc/subgid range (what .ci/run creates)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to create the unprivileged test user")
+        pytest.fail("needs root to create the unprivileged test user (the suite runs as root)", pytrace=False)
     _ensure_user(UNPRIV_USER, 200000)
     return UNPRIV_USER
 
@@ -59,7 +110,7 @@ def unpriv_user() -> str:
 def norange_user() -> str:
     """An unprivileged user without any subordinate id range."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to create the unprivileged test user")
+        pytest.fail("needs root to create the unprivileged test user (the suite runs as root)", pytrace=False)
     _ensure_user("pybuild-norange", None)
     return "pybuild-norange"
 

@@ -38,4 +38,6 @@ else
 fi
 
 cd "$REPO"
+# The tests find the shared data where this script did (tests/conftest.py: shared_dir()).
+export PYBUILD_SHARED="$SHARED"
 exec "$VENV/bin/pytest" -q -p no:cacheprovider tests "$@"

@@ -10,13 +10,16 @@ import pytest
 from builder.errors import DockerfileError
 from builder.image.oci import Platform
 from frontend.convert import FrontendOptions, convert
+from conftest import conformance_case_names, shared_path
 from test_frontend_fakes import FakeResolver
 
-CASES = Path("/work/shared/conformance/cases")
 # expect_error cases whose error is found at run time (solver/runner), not by the frontend
 RUNTIME_ERRORS = {"err-add-checksum-mismatch", "err-copy-missing-file", "err-run-exit-1"}
-ALL = sorted(p for p in CASES.glob("*") if (p / "Dockerfile").is_file()) if CASES.is_dir() else []
-pytestmark = pytest.mark.skipif(not ALL, reason="conformance cases not present")
+
+
+def case(name: str) -> Path:
+    """A shared conformance case's folder; the test fails when the shared data is missing."""
+    return shared_path("conformance", "cases", name)
 
 
 def _convert(case_dir: Path):  # type: ignore[no-untyped-def]
@@ -25,7 +28,7 @@ def _convert(case_dir: Path):  # type: ignore[no-untyped-def]
     opts = FrontendOptions(build_args=case.get("build_args", {}), target=case.get("target"),
                            platform=Platform(os="linux", architecture="amd64"),
                            build_platform=Platform(os="linux", architecture="amd64"), resolver=FakeResolver())
-    return case, convert((case_dir / dockerfile).read_text(), opts)
+    return case, convert((case_dir / dockerfile).read_bytes(), opts)
 
 
 def _norm(cfg: dict) -> dict:
@@ -39,8 +42,9 @@ def _norm(cfg: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("case_dir", ALL, ids=lambda p: p.name)
-def test_conformance_case_converts(case_dir: Path) -> None:
+@pytest.mark.parametrize("name", conformance_case_names())
+def test_conformance_case_converts(name: str) -> None:
+    case_dir = case(name)
     meta = json.loads((case_dir / "case.json").read_text()) if (case_dir / "case.json").is_file() else {}
     if meta.get("expect_error") and case_dir.name not in RUNTIME_ERRORS:
         with pytest.raises(DockerfileError) as e:
@@ -55,18 +59,18 @@ def test_conformance_case_converts(case_dir: Path) -> None:
 
 
 def test_unused_stage_not_in_graph() -> None:
-    _, graph = _convert(CASES / "multistage-unused-stage-skipped")
+    _, graph = _convert(case("multistage-unused-stage-skipped"))
     runs = [v.op.args[-1] for v in graph.topological() if type(v.op).__name__ == "ExecOp"]
     assert runs == ["echo used > /used.txt"]
 
 
 def test_target_stops_early() -> None:
-    _, graph = _convert(CASES / "multistage-target")
+    _, graph = _convert(case("multistage-target"))
     runs = [v.op.args[-1] for v in graph.topological() if type(v.op).__name__ == "ExecOp"]
     assert sorted(runs) == ["echo base > /base.txt", "echo middle > /middle.txt"]
 
 
 def test_duplicate_stage_name_takes_later() -> None:
-    _, graph = _convert(CASES / "stage-name-duplicate")
+    _, graph = _convert(case("stage-name-duplicate"))
     runs = [v.op.args[-1] for v in graph.topological() if type(v.op).__name__ == "ExecOp"]
     assert runs == ["echo second > /which.txt"]

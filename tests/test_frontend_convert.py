@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.errors import DockerfileError
+from builder.errors import DockerfileError, NotFoundError, RegistryError, SourceError
 from builder.solve.graph import BuildGraph, Vertex
 from builder.image.oci import Platform
 from builder.solve.ops import (Chown, Copy, ExecOp, FileOp, HTTPSource, ImageSource, InlineSource, LocalSource, Mkdir,
@@ -79,10 +79,22 @@ def test_predefined_platform_args() -> None:
 
 
 def test_proxy_build_args_reach_run_only() -> None:
-    g = conv("FROM busybox\nRUN x\n", build_args={"HTTPS_PROXY": "http://p:1", "OTHER": "no"})
+    """Proxy build args go to ExecOp.proxy_env (never in the cache key), not to env or config."""
+    g = conv("FROM busybox\nRUN x\n", build_args={"HTTPS_PROXY": "http://p:1", "no_proxy": "x", "OTHER": "no"})
     (run,) = execs(g)
-    assert "HTTPS_PROXY=http://p:1" in run.env and not any(e.startswith("OTHER") for e in run.env)
+    assert run.proxy_env == ("HTTPS_PROXY=http://p:1", "no_proxy=x")
+    assert run.env == (PATH_ENV,)
     assert g.target.config.config.env == (PATH_ENV,)
+
+
+def test_dockerfile_env_proxy_is_real_env() -> None:
+    """`ENV HTTP_PROXY=...` is the Dockerfile's own environment: it stays in env (and the cache
+    key); a proxy build arg of the same name does not override it or appear twice."""
+    g = conv("FROM busybox\nENV HTTP_PROXY=http://own:1\nRUN x\n",
+             build_args={"HTTP_PROXY": "http://p:1", "FTP_PROXY": "http://f:2"})
+    (run,) = execs(g)
+    assert run.env == (PATH_ENV, "HTTP_PROXY=http://own:1")
+    assert run.proxy_env == ("FTP_PROXY=http://f:2",)
 
 
 def test_workdir_relative_mkdir_and_owner() -> None:
@@ -359,3 +371,51 @@ def test_bare_cmd_and_run_and_late_checks() -> None:
 def test_rejected_like_buildkit(text) -> None:
     with pytest.raises(DockerfileError):
         conv(text)
+
+
+class _FailingResolver(FakeResolver):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def resolve_image(self, ref, platform):  # type: ignore[no-untyped-def]
+        raise self.error
+
+    def resolve_oci_layout(self, path, tag, platform):  # type: ignore[no-untyped-def]
+        raise self.error
+
+
+@pytest.mark.parametrize("make", [lambda: RegistryError("manifest unknown", status=404, codes=("MANIFEST_UNKNOWN",)),
+                                  lambda: NotFoundError("no such image", status=404),
+                                  lambda: SourceError("oci layout missing")])
+@pytest.mark.parametrize("text,line", [("FROM busybox\nRUN x\n", 1),
+                                       ("FROM busybox AS a\nFROM a\nCOPY --from=img:1 /x /\n", 3)])
+def test_resolver_errors_keep_their_type_and_get_the_line(make, text: str, line: int) -> None:  # type: ignore[no-untyped-def]
+    """A resolver's error reaches the caller as itself (same type, same fields), located at the
+    instruction that named the image."""
+    error = make()
+    res = _FailingResolver(error) if line == 1 else _OnlyFails(error, "img:1")
+    with pytest.raises(type(error)) as e:
+        conv(text, resolver=res)
+    assert e.value is error and not isinstance(e.value, DockerfileError)
+    assert e.value.location == f"Dockerfile:{line}"
+    assert str(e.value).startswith(f"Dockerfile:{line}: ")
+
+
+def test_named_oci_layout_resolver_error_keeps_type() -> None:
+    err = SourceError("no index.json")
+    named = {"base": NamedContext(kind="oci-layout", value="/nowhere")}
+    with pytest.raises(SourceError) as e:
+        conv("FROM busybox\nRUN x\nFROM base\n", named_contexts=named, resolver=_FailingResolver(err))
+    assert str(e.value) == "Dockerfile:3: no index.json"
+
+
+class _OnlyFails(FakeResolver):
+    def __init__(self, error: Exception, ref: str) -> None:
+        super().__init__()
+        self.error, self.ref = error, ref
+
+    def resolve_image(self, ref, platform):  # type: ignore[no-untyped-def]
+        if ref == self.ref:
+            raise self.error
+        return super().resolve_image(ref, platform)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_path
 from frontend.dockerignore import go_clean, parse_dockerignore, read_dockerignore
 
 
@@ -32,9 +33,7 @@ def test_parse_patterns() -> None:
 
 
 def test_conformance_dockerignore() -> None:
-    p = Path("/work/shared/conformance/cases/dockerignore-patterns")
-    if not p.is_dir():
-        pytest.skip("conformance cases not present")
+    p = shared_path("conformance", "cases", "dockerignore-patterns")
     assert read_dockerignore(p, "Dockerfile") == ("*.key", "logs/*.log", "!logs/keep.log", "**/*.o", "build",
                                                   "docs/**/secret.md", "vcs")
 

@@ -5,11 +5,12 @@ import pytest
 
 from builder.errors import DockerfileError
 from frontend import instructions as I
+from frontend.instruction_parse import parse_instruction
 from frontend.parse import parse_dockerfile
 
 
 def parse(text: str) -> list[I.Instruction]:
-    return [I.parse_instruction(r) for r in parse_dockerfile(text).instructions]
+    return [parse_instruction(r) for r in parse_dockerfile(text).instructions]
 
 
 def test_line_ranges_and_continuations() -> None:

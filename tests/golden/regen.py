@@ -20,7 +20,7 @@ def golden_text(dockerfile: Path) -> str:
                            build_platform=Platform(os="linux", architecture="arm64", variant="v8"),
                            build_args={"HTTP_PROXY": "http://proxy:3128"},
                            context_excludes=("*.tmp", "!keep.tmp"), resolver=FakeResolver())
-    graph = convert(dockerfile.read_text(), opts)
+    graph = convert(dockerfile.read_bytes(), opts)
     t = graph.target
     out = [graph.dump(), "--- names"]
     out += sorted(f"{v.name} @ {v.source_location}" for v in graph.topological())
