@@ -68,7 +68,7 @@ def _graph(plan: BuildPlan, req: BuildRequest, resolver: SourceResolver) -> Buil
     opts = FrontendOptions(filename=plan.dockerfile.name, build_args=dict(req.build_args), target=req.target,
                            platform=plan.platform, build_platform=plan.build_platform, named_contexts=named,
                            context_excludes=excludes, resolver=resolver)
-    graph = convert(plan.dockerfile_data.decode("utf-8", "surrogateescape"), opts)
+    graph = convert(plan.dockerfile_data, opts)
     check_entitlements(graph, req.allow)
     return graph
 

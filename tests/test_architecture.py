@@ -10,12 +10,12 @@ parts together, the parts below it know nothing of the face):
 
 * `frontend` imports from `builder` only `builder.errors`, `builder.image.*`,
   `builder.solve.graph`, `builder.solve.ops`;
-* in `builder`, only the face (`builder.api`, `builder.session`, `builder.cli`,
-  `builder.build.*`) imports `frontend`;
+* in `builder`, only the face (`builder.api`, `builder.cli`, `builder.pipeline.*`) imports
+  `frontend`;
 * below the face (`builder.{image,solve,sandbox,layer,store,registry,export}`) nothing imports
   the face;
-* `builder.image` imports nothing from the other builder folders;
-* `builder.layer` imports only `builder.errors` and `builder.image`.
+* each folder below the face imports only what README.md's folder table allows it (`ALLOWED`):
+  e.g. `builder.image` nothing but `builder.errors`, `builder.layer` only `errors` and `image`.
 
 Sizes: no module over 400 lines, no function (methods and nested functions included) over 60.
 The checker is tested on small synthetic packages at the end of this file.
@@ -32,9 +32,24 @@ PACKAGES = ("builder", "frontend")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
-FACE = ("builder.api", "builder.session", "builder.cli", "builder.build")
+FACE = ("builder.api", "builder.cli", "builder.pipeline")
 BELOW_FACE = tuple(f"builder.{p}" for p in ("image", "solve", "sandbox", "layer", "store", "registry", "export"))
-BUILDER_FOLDERS = (*BELOW_FACE, "builder.build")
+BUILDER_FOLDERS = (*BELOW_FACE, "builder.pipeline")
+# What each folder below the face may import in builder/ (besides itself): README's folder table.
+VOCABULARY = ("builder.errors", "builder.image")
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "builder.image": ("builder.errors",),
+    "builder.layer": VOCABULARY,
+    "builder.store": (*VOCABULARY, "builder.layer"),
+    "builder.registry": (*VOCABULARY, "builder.store"),
+    "builder.sandbox": (*VOCABULARY, "builder.progress", "builder.layer", "builder.store", "builder.solve.ops"),
+    "builder.solve": (*VOCABULARY, "builder.progress", "builder.layer", "builder.store", "builder.sandbox.executor"),
+    "builder.export": (*VOCABULARY, "builder.layer", "builder.store", "builder.sandbox.executor",
+                       "builder.request"),
+    "builder.request": (*VOCABULARY, "builder.progress"),
+    "builder.progress": VOCABULARY,
+    "builder.errors": (),
+}
 FRONTEND_MAY_USE = ("builder.errors", "builder.image", "builder.solve.graph", "builder.solve.ops")
 
 
@@ -189,21 +204,16 @@ def _below_face_not_up(src: str, dst: str) -> str | None:
     return None
 
 
-def _image_stands_alone(src: str, dst: str) -> str | None:
-    if within(src, "builder.image") and within_any(dst, BUILDER_FOLDERS) and not within(dst, "builder.image"):
-        return "builder.image imports nothing from the other builder folders"
-    return None
-
-
-def _layer_uses_errors_and_image(src: str, dst: str) -> str | None:
-    if within(src, "builder.layer") and within(dst, "builder") \
-            and not within_any(dst, ("builder.layer", "builder.errors", "builder.image")):
-        return "builder.layer imports only builder.errors and builder.image"
+def _folder_table(src: str, dst: str) -> str | None:
+    for folder, allowed in ALLOWED.items():
+        if within(src, folder) and within(dst, "builder") and not within(dst, folder) \
+                and not within_any(dst, allowed):
+            return f"{folder} imports only " + (", ".join(allowed) or "nothing else in builder")
     return None
 
 
 RULES: tuple[Rule, ...] = (_frontend_uses_vocabulary, _only_face_imports_frontend, _below_face_not_up,
-                           _image_stands_alone, _layer_uses_errors_and_image)
+                           _folder_table)
 
 
 def forbidden_arrows(graph: dict[str, set[str]], rules: tuple[Rule, ...] = RULES) -> list[str]:
@@ -264,7 +274,7 @@ def test_the_real_graph_is_read() -> None:
     assert "builder.errors" in graph["frontend.convert"]                 # absolute, module level
     assert "frontend.instruction_parse" in graph["frontend.convert"]     # relative `from .x import y`
     assert "frontend.instructions" in graph["frontend.convert"]          # `from . import instructions`
-    assert "frontend.convert" in graph["builder.session"]                # inside a function
+    assert "frontend.convert" in graph["builder.api"]                    # inside a function
 
 
 # ------------------------------------------------------------------ the checker, tested
@@ -317,14 +327,14 @@ def test_checker_finds_each_forbidden_arrow(tmp_path: Path) -> None:
         "builder/__init__.py": "",
         "builder/errors.py": "",
         "builder/api.py": "import frontend.convert\n",                       # the face: allowed
-        "builder/session.py": "from frontend.convert import convert\n",      # allowed
-        "builder/build/__init__.py": "",
-        "builder/build/run.py": "from frontend import convert\n",            # allowed (the face)
+        "builder/cli.py": "from frontend.convert import convert\n",          # allowed
+        "builder/pipeline/__init__.py": "",
+        "builder/pipeline/run.py": "from frontend import convert\n",         # allowed (the face)
         "builder/image/__init__.py": "",
         "builder/image/oci.py": "from ..errors import E\nfrom builder.solve import ops\n",
         "builder/solve/__init__.py": "",
         "builder/solve/ops.py": "",
-        "builder/solve/solver.py": "def f():\n    from builder.session import S\n    import frontend.convert\n",
+        "builder/solve/solver.py": "def f():\n    from builder.pipeline import run\n    import frontend.convert\n",
         "builder/layer/__init__.py": "",
         "builder/layer/tar.py": "from builder.image import oci\nfrom builder.errors import E\nfrom builder.store import s\n",
         "builder/store/__init__.py": "",
@@ -334,9 +344,9 @@ def test_checker_finds_each_forbidden_arrow(tmp_path: Path) -> None:
                                "from builder.image.oci import C\n",
     })
     bad = forbidden_arrows(import_graph(mods))
-    arrows = sorted(b.split(":")[0] for b in bad)
+    arrows = sorted({b.split(":")[0] for b in bad})
     assert arrows == ["builder.image.oci -> builder.solve.ops", "builder.layer.tar -> builder.store.s",
-                      "builder.solve.solver -> builder.session", "builder.solve.solver -> frontend.convert",
+                      "builder.solve.solver -> builder.pipeline.run", "builder.solve.solver -> frontend.convert",
                       "frontend.convert -> builder.solve.solver"]
     assert any("only the face" in b for b in bad) and any("vocabulary" in b for b in bad)
 

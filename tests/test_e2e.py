@@ -341,3 +341,23 @@ def test_unreadable_context_file_is_a_clear_error(pybuild, workdir, base_image, 
     r = pybuild("build", str(ctx), user=unpriv_user, root=workdir / "uroot")
     assert r.returncode == 1 and "Dockerfile:2" in r.stderr and "permission denied" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_non_utf8_dockerfile_builds_and_the_step_gets_the_bytes(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "nu", {"Dockerfile": f"FROM {base_image}\n".encode()
+                                        + b"LABEL x=caf\xe9\nRUN printf '\\377' > /x && echo caf\xe9 > /e\n"})
+    out = workdir / "nu-out"
+    r = pybuild("build", str(ctx), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "x").read_bytes() == b"\xff" and (out / "e").read_bytes() == b"caf\xe9\n"
+
+
+def test_proxy_build_args_reach_run_but_not_the_cache_key(pybuild, workdir, base_image):
+    ctx = make_context(workdir / "px", {"Dockerfile": f"FROM {base_image}\nRUN echo \"$HTTP_PROXY\" > /p\n"})
+    out1, out2 = workdir / "px1", workdir / "px2"
+    r = pybuild("build", str(ctx), "--build-arg", "HTTP_PROXY=http://p1:3128", "-o", str(out1), "--progress", "plain")
+    assert r.returncode == 0, r.stderr
+    assert (out1 / "p").read_text() == "http://p1:3128\n"
+    r = pybuild("build", str(ctx), "--build-arg", "HTTP_PROXY=http://p2:3128", "-o", str(out2), "--progress", "plain")
+    assert r.returncode == 0, r.stderr
+    assert "CACHED" in r.stderr and (out2 / "p").read_text() == "http://p1:3128\n", "another proxy is a cache hit"

@@ -68,7 +68,9 @@ MAX_MANIFEST_SIZE = 4 << 20     # cap on manifests and indexes read from a regis
 
 
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, compact separators, UTF-8; strings that carry undecodable bytes of a
+    Dockerfile (surrogate escapes) render as those bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",

@@ -102,5 +102,5 @@ class BuildGraph:
             v = self.vertex(d)
             ids[d] = len(ids)
             ins = ",".join(f"v{ids[i.digest]}" for i in v.inputs)
-            lines.append(f"v{ids[d]} [{ins}] {type(v.op).__name__} {canonical_json(v.op.op_json()).decode()}")
+            lines.append(f"v{ids[d]} [{ins}] {type(v.op).__name__} {canonical_json(v.op.op_json()).decode('utf-8', 'backslashreplace')}")
         return "\n".join(lines) + "\n"
