@@ -100,3 +100,53 @@ def test_corrupt_layer_blob_is_not_exported_or_applied(tmp_path):
     s.path(d).write_bytes(b"LAYER-BYTES")
     with pytest.raises(DigestMismatchError):
         write_oci_tar(s, img, io.BytesIO())
+
+
+def _deep_chain(top, depth, name="d" * 40):
+    """A directory chain `depth` levels deep (made with dir fds: its paths pass PATH_MAX)."""
+    import os
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("x")
+    os.close(fd)
+
+
+def test_remove_tree_of_any_depth_without_recursion(tmp_path):
+    """A RUN can leave a 1,100-deep tree: removal must neither recurse per level nor pass PATH_MAX."""
+    from builder.store.tree import remove_tree
+    t = tmp_path / "deep"
+    t.mkdir()
+    _deep_chain(t, 3000)
+    remove_tree(t)
+    assert not t.exists()
+
+
+def test_remove_tree_does_not_follow_symlinks_and_opens_locked_dirs(tmp_path):
+    import os
+    from builder.store.tree import remove_tree
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("k")
+    t = tmp_path / "t"
+    (t / "a" / "locked").mkdir(parents=True)
+    (t / "a" / "locked" / "f").write_text("x")
+    os.symlink(outside, t / "a" / "link")
+    os.symlink(outside / "keep", t / "filelink")
+    os.chmod(t / "a" / "locked", 0)
+    remove_tree(t)
+    remove_tree(t)                     # a missing path is fine
+    assert not t.exists() and (outside / "keep").read_text() == "k"
+
+
+def test_start_up_clean_up_of_a_deep_stale_dir_never_fails(tmp_path):
+    from builder.store.content import remove_stale
+    stale = tmp_path / "build-999999999-x"
+    stale.mkdir()
+    _deep_chain(stale, 1500)
+    assert remove_stale(tmp_path, "build-") == 1
+    assert not stale.exists()

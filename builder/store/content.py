@@ -182,7 +182,7 @@ def pid_alive(pid: int) -> bool:
 def remove_stale(directory: Path, prefix: str) -> int:
     """Remove entries `<prefix><pid>-*` of `directory` whose process is gone (a killed build's
     ingest files and temp dirs); returns how many. Live builds' entries are never touched."""
-    import shutil
+    from builder.store.tree import remove_tree
     removed = 0
     if not directory.is_dir():
         return 0
@@ -193,7 +193,7 @@ def remove_stale(directory: Path, prefix: str) -> int:
         if not pid.isdigit() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            remove_tree(p)
             removed += 1
     return removed
 

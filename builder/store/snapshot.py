@@ -36,6 +36,7 @@ from builder.layer.compression import open_uncompressed
 from builder.layer.apply import apply_layer
 from builder.layer.diff import overlay_changes, tree_changes
 from builder.layer.tar import Change, remove_path
+from builder.store.tree import remove_tree
 from builder.store.content import ContentStore, VerifyingReader, file_lock, pid_alive
 
 MAX_LOWERS = 35
@@ -76,29 +77,6 @@ class Active:
 
 def _key(chain: Chain) -> str:
     return chain_id([l.diff_id for l in chain]).hex[:12]
-
-
-def remove_tree(p: Path) -> None:
-    """rm -rf that also copes with mode-000 dirs (overlay work dirs) and missing paths."""
-    def onerror(func, path, exc):  # type: ignore[no-untyped-def]
-        e = exc[1] if isinstance(exc, tuple) else exc
-        if isinstance(e, FileNotFoundError):
-            return
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700, follow_symlinks=False)
-        except OSError:
-            pass
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, onerror=onerror)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    if os.path.lexists(p):
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, onerror=onerror)
-        else:
-            os.unlink(p)
 
 
 def copy_tree(src: Path, dst: Path, *, owners: bool = True, exist_ok: bool = False) -> None:
