@@ -189,7 +189,8 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
 def images_cmd() -> None:
     """List the images in pybuild's local store."""
     from builder.store.content import ContentStore
-    store = ContentStore(default_root(dict(os.environ)))
+    from builder.store.root import prepare_root
+    store = ContentStore(prepare_root(default_root(dict(os.environ))))
     rows = store.list_tags()
     click.echo(f"{'NAME':<60} {'DIGEST':<71} SIZE")
     for t in rows:

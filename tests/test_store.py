@@ -1,6 +1,7 @@
 import io
 import multiprocessing
 import os
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,44 @@ def test_start_up_clean_up_of_a_deep_stale_dir_never_fails(tmp_path):
     _deep_chain(stale, 1500)
     assert remove_stale(tmp_path, "build-") == 1
     assert not stale.exists()
+
+
+def test_root_is_created_private_and_an_existing_one_of_ours_is_tightened(tmp_path):
+    import os
+    import stat
+    from builder.store.root import prepare_root
+    r = prepare_root(tmp_path / "a" / "root")
+    assert stat.S_IMODE(os.stat(r).st_mode) == 0o700
+    old = tmp_path / "old"
+    old.mkdir(mode=0o755)
+    os.chmod(old, 0o755)
+    prepare_root(old)
+    assert stat.S_IMODE(os.stat(old).st_mode) == 0o700
+
+
+def test_root_writable_by_others_or_owned_by_another_user_is_refused(tmp_path):
+    import os
+    from builder.errors import StoreError
+    from builder.store.root import prepare_root
+    open_root = tmp_path / "open"
+    open_root.mkdir()
+    os.chmod(open_root, 0o777)
+    with pytest.raises(StoreError, match="writable by others"):
+        prepare_root(open_root)
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+    else:
+        theirs = Path("/")
+    with pytest.raises(StoreError, match="not to you"):
+        prepare_root(theirs)
+
+
+def test_cli_refuses_a_root_writable_by_others(pybuild, workdir):
+    import os
+    root = workdir / "open-root"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    r = pybuild("images", root=root)
+    assert r.returncode == 1 and "writable by others" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from builder.request import BuildRequest
 from builder.solve.cache import CacheIndex
 from builder.store.content import ContentStore, remove_stale
+from builder.store.root import prepare_root
 
 if TYPE_CHECKING:     # requests loads only when a registry is used
     from builder.registry.client import RegistryClient
@@ -27,8 +28,7 @@ class BuildEnv:
 
     def __init__(self, req: BuildRequest) -> None:
         self.req = req
-        self.root = Path(req.root) if req.root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = prepare_root(Path(req.root) if req.root is not None else default_root())
         self.store = ContentStore(self.root)
         self.cache = CacheIndex(self.root)
         (self.root / "tmp").mkdir(exist_ok=True)
