@@ -3,6 +3,7 @@
 Contract (same as moby/patternmatcher `MatchesOrParentMatches`):
 - patterns are trimmed, cleaned (`path.normpath`), a leading "/" dropped; empty patterns and
   patterns that clean to "." are ignored; "!" makes an exception that re-includes.
+- matching is linear-time (builder.layer.glob), never regex backtracking;
 - `*` matches any run of non-"/" characters, `?` one non-"/" character, `[...]` a class
   (`[!...]`/`[^...]` negated), `\\x` escapes x, `**` matches any number of path components
   (including none); a trailing `**` matches everything below.
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Sequence
+
+from builder.layer.glob import Glob
 
 __all__ = ["PathMatcher", "glob_match"]
 
@@ -25,7 +27,7 @@ __all__ = ["PathMatcher", "glob_match"]
 class _Pattern:
     text: str          # cleaned pattern without "!"
     exclusion: bool    # True for "!" exceptions (re-include)
-    regex: re.Pattern[str]
+    glob: Glob
     parts: tuple[str, ...]
 
 
@@ -34,38 +36,6 @@ def _clean(p: str) -> str:
     if p.startswith("/") and len(p) > 1:
         p = p.lstrip("/") or "/"
     return p
-
-
-def _translate(pattern: str, *, double_star: bool) -> str:
-    """A glob as a regular expression body. `*` and `?` never cross "/"; with `double_star`
-    (.dockerignore and --exclude patterns) `**` spans any number of directories."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*" and double_star and i + 1 < n and pattern[i + 1] == "*":
-            i += 2
-            if i < n and pattern[i] == "/":
-                i += 1
-            out.append(".*" if i >= n else "(.*/)?")
-            continue
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif ch == "[":
-            i = _class(pattern, i, out)
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return "".join(out)
-
-
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile("^" + _translate(pattern, double_star=True) + "$", re.DOTALL)
 
 
 class PathMatcher:
@@ -87,7 +57,7 @@ class PathMatcher:
             p = _clean(p)
             if p in (".", "/"):
                 continue
-            compiled.append(_Pattern(text=p, exclusion=exclusion, regex=_compile(p),
+            compiled.append(_Pattern(text=p, exclusion=exclusion, glob=Glob(p, double_star=True),
                                      parts=tuple(p.split("/"))))
         self._patterns = tuple(compiled)
         self._has_exceptions = any(p.exclusion for p in compiled)
@@ -104,14 +74,9 @@ class PathMatcher:
         path = _clean(rel_path)
         if path in (".", "/", ""):
             return False
-        parts = path.split("/")
-        parents = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
         matched = False
         for pat in self._patterns:
-            hit = pat.regex.match(path) is not None
-            if not hit:
-                hit = any(pat.regex.match(par) is not None for par in parents)
-            if hit:
+            if pat.glob.match_self_or_parent(path):
                 matched = not pat.exclusion
         return matched
 
@@ -150,26 +115,9 @@ def _component_match(name: str, pat: str) -> bool:
     return glob_match(name, pat)
 
 
-def _class(pattern: str, i: int, out: list[str]) -> int:
-    """Translate the character class starting at pattern[i] == "[" (Go's filepath.Match: only
-    "^" negates; "[!a]" is the class of "!" and "a"); return the index of its "]"."""
-    n = len(pattern)
-    j = pattern.find("]", i + 2 if i + 1 < n and pattern[i + 1] == "^" else i + 1)
-    if j < 0:
-        out.append(re.escape("["))
-        return i
-    body = pattern[i + 1:j]
-    neg = body.startswith("^")
-    if neg:
-        body = body[1:]
-    body = body.replace("\\", "\\\\").replace("[", "\\[")
-    out.append("[" + ("^" if neg else "") + body + "]")
-    return j
-
-
 @functools.lru_cache(maxsize=4096)
-def _component_regex(pat: str) -> re.Pattern[str]:
-    return re.compile(_translate(pat, double_star=False) + r"\Z", re.DOTALL)
+def _component_glob(pat: str) -> Glob:
+    return Glob(pat)
 
 
 def glob_match(name: str, pat: str) -> bool:
@@ -177,4 +125,4 @@ def glob_match(name: str, pat: str) -> bool:
     BuildKit uses for COPY sources and .dockerignore): `*`, `?`, `[a-z]`, `[^a]`, `\\` escapes."""
     if not any(c in pat for c in "*?[\\"):
         return name == pat
-    return _component_regex(pat).match(name) is not None
+    return _component_glob(pat).match(name)
