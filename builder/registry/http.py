@@ -97,11 +97,6 @@ def check_url(url: str, label: str = "") -> Origin:
     return u.scheme, u.hostname.lower(), port or (443 if u.scheme == "https" else 80)
 
 
-def origin(url: str) -> Origin:
-    """(scheme, lower-case host, port) of a URL already accepted by `check_url`."""
-    return check_url(url)
-
-
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` value (delta-seconds or HTTP date; may be negative or
     inf: callers clamp), or None when absent or unusable (garbage, `nan`)."""
