@@ -190,3 +190,28 @@ def test_pulled_image_chain(tmp_path: Path) -> None:
         broken.chain()
     with pytest.raises(dataclasses.FrozenInstanceError):
         img.ref = "x"  # type: ignore[misc]
+
+
+# ====================================================================== keep-alive
+def test_connections_are_reused_after_heads_and_errors(registry: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small answers nobody reads (HEAD, 404s, redirects, upload replies) are drained, not
+    dropped with their connection: a series of requests to the real registry needs one socket."""
+    import urllib3.connection
+    connects: list[int] = []
+    real_connect = urllib3.connection.HTTPConnection.connect
+
+    def counting_connect(self: urllib3.connection.HTTPConnection) -> None:
+        connects.append(1)
+        real_connect(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", counting_connect)
+    s = requests.Session()
+    c = RegistryClient(s, auth=Authenticator(s), sleep=lambda _: None)
+    ref = Reference.parse(f"{registry}/keepalive:1")
+    for i in range(5):
+        assert not c.blob_exists(ref, Digest.of_bytes(b"%d" % i))
+        with pytest.raises(NotFoundError):
+            c.get_manifest(ref)
+        with c._http.request("GET", f"http://{registry}/v2") as resp:     # 301 with a body, then 200
+            assert resp.status_code == 200 and resp.content == b"{}"
+    assert len(connects) == 1

@@ -258,7 +258,8 @@ class Authenticator:
         except RegistryError as e:
             raise AuthError(f"{req.registry}: token request to {req.realm} failed: {e.message}",
                             status=e.status) from e
-        with resp:
+        from builder.registry.http import released
+        with released(resp):
             return _read_token(resp, req)
 
 

@@ -26,7 +26,8 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 from builder.registry.auth import Authenticator
-from builder.registry.http import Body, HttpClient, RetryPolicy, Sink, check_url, error_body, read_capped
+from builder.registry.http import (Body, HttpClient, RetryPolicy, Sink, check_url, discard, error_body,
+                                   read_capped, released)
 from builder.image.digest import Digest
 from builder.errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
 from builder.image.oci import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, MediaType, Platform, pick_platform
@@ -65,7 +66,7 @@ class RegistryClient:
         size) and exact bytes. Verified against `ref.digest` or Docker-Content-Digest; capped."""
         resp = self._send("GET", ref, self._url(ref, "manifests", ref.identifier),
                           headers={"Accept": _ACCEPT})
-        with resp:
+        with released(resp):
             self._check(resp, ref, "manifest", (200,))
             raw = read_capped(resp, MAX_MANIFEST_SIZE, f"{ref}: manifest")
             header_digest = resp.headers.get("Docker-Content-Digest", "")
@@ -110,7 +111,7 @@ class RegistryClient:
         """Stream blob `desc` from `ref`'s repository into `sink` (not closed), verifying size and
         digest; raise DigestMismatchError after the last byte if they differ."""
         resp = self._send("GET", ref, self._url(ref, "blobs", str(desc.digest)))
-        with resp:
+        with released(resp):
             self._check(resp, ref, f"blob {desc.digest}", (200,))
             h, size = desc.digest.hasher(), 0
             try:
@@ -132,7 +133,7 @@ class RegistryClient:
     # ------------------------------------------------------------------ push
     def blob_exists(self, ref: Reference, digest: Digest) -> bool:
         resp = self._send("HEAD", ref, self._url(ref, "blobs", str(digest)), actions="pull,push")
-        with resp:
+        with released(resp):
             if resp.status_code == 404:
                 return False
             self._check(resp, ref, f"blob {digest}", (200,))
@@ -154,7 +155,7 @@ class RegistryClient:
             extra = (f"repository:{mount_from.repository}:pull",)
         resp = self._send("POST", ref, uploads, actions="pull,push", extra_scopes=extra,
                           headers={"Content-Length": "0"})
-        with resp:
+        with released(resp):
             if resp.status_code == 201 and extra:
                 return "mounted"
             self._check(resp, ref, f"blob upload {desc.digest}", (202,))
@@ -163,7 +164,7 @@ class RegistryClient:
         put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
         resp = self._send("PUT", ref, put_url, actions="pull,push", body=open_fn,
                           headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)})
-        with resp:
+        with released(resp):
             self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
         return "uploaded"
 
@@ -174,7 +175,7 @@ class RegistryClient:
             raise DigestMismatchError(str(ref.digest), str(actual), f"manifest for {ref}")
         resp = self._send("PUT", ref, self._url(ref, "manifests", ref.identifier), actions="pull,push",
                           body=lambda: data, headers={"Content-Type": media_type})
-        with resp:
+        with released(resp):
             self._check(resp, ref, "manifest upload", (200, 201, 202))
             echoed = resp.headers.get("Docker-Content-Digest", "").strip()
         if echoed and echoed != str(actual):
@@ -204,15 +205,15 @@ class RegistryClient:
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")
         if not challenge:
-            with resp:
+            with released(resp):
                 raise self._error(resp, ref, f"{method} {url}", note="without WWW-Authenticate")
-        resp.close()
+        discard(resp)
         if auth is not None:
             self._auth.forget(ref.registry, scope)
         auth = self._auth.respond(ref.registry, challenge, scope)
         resp = self._http.request(method, url, label=str(ref), headers=headers, body=body, auth=auth)
         if resp.status_code == 401:
-            with resp:
+            with released(resp):
                 raise self._error(resp, ref, f"{method} {url}", note=f"credentials rejected for scope {scope!r}")
         return resp
 

@@ -17,7 +17,7 @@ Contracts:
   301/302 after a POST, continue as a body-less GET.
 - responses are always streamed: callers read them with `read_capped` / `download` (which check
   `Content-Length` first and count while reading, so an oversized body is never read whole) and
-  close them (`with resp:`).
+  release them (`with released(resp):`, which drains a small rest so the connection is reused).
 - errors: RegistryError (status None) for transport failures; `download` raises SourceError.
 """
 from __future__ import annotations
@@ -29,9 +29,10 @@ import json
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Collection, Mapping, Protocol
+from typing import BinaryIO, Callable, Collection, Iterator, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -145,6 +146,34 @@ def read_capped(resp: requests.Response, cap: int, what: str, *,
     return bytes(buf)
 
 
+def discard(resp: requests.Response, limit: int = 64 << 10) -> None:
+    """Close `resp`. A body rest of at most `limit` bytes (a HEAD answer, an error or upload
+    reply) is read and dropped first, so the connection goes back to the pool; a bigger one is
+    not read: the connection is closed instead."""
+    try:
+        method = getattr(resp.request, "method", "")
+        declared = content_length(resp)
+        if method == "HEAD" or declared is None or declared <= limit:
+            n = 0
+            for chunk in resp.iter_content(16 << 10):
+                n += len(chunk)
+                if n > limit:
+                    break
+    except (requests.RequestException, OSError):
+        pass
+    finally:
+        resp.close()
+
+
+@contextmanager
+def released(resp: requests.Response) -> Iterator[requests.Response]:
+    """`with released(resp):` — `discard(resp)` on the way out, whatever happened."""
+    try:
+        yield resp
+    finally:
+        discard(resp)
+
+
 def error_body(resp: requests.Response) -> ErrorBody:
     """Codes and messages of a distribution error body (at most 16 KiB is read); empty when the
     body is not one."""
@@ -225,7 +254,7 @@ class HttpClient:
             if last or not (resp.status_code == 429 or 500 <= resp.status_code <= 599):
                 return resp
             delay = parse_retry_after(resp.headers.get("Retry-After"))
-            resp.close()
+            discard(resp)
             self._sleep(self.retry.backoff_delay(attempt, self._jitter()) if delay is None
                         else self.retry.clamp(delay))
         raise AssertionError("unreachable")
@@ -241,7 +270,7 @@ class HttpClient:
             if resp.status_code not in REDIRECTS or "Location" not in resp.headers:
                 return resp
             nxt = urljoin(url, resp.headers["Location"])
-            resp.close()
+            discard(resp)
             if here[0] == "https" and urlsplit(nxt).scheme != "https":
                 raise RegistryError(f"{self._where(label, method, url)}: refusing redirect from HTTPS to {nxt!r}",
                                     status=resp.status_code)
@@ -279,7 +308,7 @@ class HttpClient:
             resp = self.request("GET", url)
         except RegistryError as e:
             raise SourceError(e.message) from e
-        with resp:
+        with released(resp):
             if resp.status_code != 200:
                 raise SourceError(f"{url}: HTTP {resp.status_code}")
             declared = content_length(resp)
