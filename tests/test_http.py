@@ -117,9 +117,14 @@ def test_bad_urls_and_ports_are_clean_errors(url: str, why: str) -> None:
         _http().download(url, io.BytesIO())
 
 
-def test_redirect_to_bad_port_is_a_clean_error(fake_http: Fake) -> None:
-    srv = fake_http(lambda req: FakeResponse(status=302, headers={"Location": "http://127.0.0.1:70000/y"}))
-    with pytest.raises(SourceError, match="invalid URL 'http://127.0.0.1:70000/y'"):
+@pytest.mark.parametrize("location, why", [
+    ("http://127.0.0.1:70000/y", "invalid URL 'http://127.0.0.1:70000/y'"),
+    ("http://[::1/y", "Invalid IPv6 URL|invalid redirect Location"),   # requests itself may refuse it
+    ("gopher://127.0.0.1/y", "unsupported URL scheme"),
+])
+def test_redirect_to_a_bad_location_is_a_clean_error(fake_http: Fake, location: str, why: str) -> None:
+    srv = fake_http(lambda req: FakeResponse(status=302, headers={"Location": location}))
+    with pytest.raises(SourceError, match=why):
         _http().download(f"{srv.url}/x", io.BytesIO())
 
 

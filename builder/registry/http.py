@@ -269,8 +269,12 @@ class HttpClient:
             resp = self._send(method, url, h, body, label)
             if resp.status_code not in REDIRECTS or "Location" not in resp.headers:
                 return resp
-            nxt = urljoin(url, resp.headers["Location"])
             discard(resp)
+            try:
+                nxt = urljoin(url, resp.headers["Location"])
+            except ValueError as e:
+                raise RegistryError(f"{self._where(label, method, url)}: invalid redirect Location "
+                                    f"{resp.headers['Location']!r}: {e}", status=resp.status_code) from e
             if here[0] == "https" and urlsplit(nxt).scheme != "https":
                 raise RegistryError(f"{self._where(label, method, url)}: refusing redirect from HTTPS to {nxt!r}",
                                     status=resp.status_code)
