@@ -27,7 +27,8 @@ Fake = Callable[..., FakeServer]
 def _http(sleeps: list[float] | None = None, *, session: requests.Session | None = None,
           jitter: float = 1.0, **kw: object) -> HttpClient:
     rec = sleeps if sleeps is not None else []
-    return HttpClient(session or requests.Session(), sleep=rec.append, jitter=lambda: jitter, **kw)  # type: ignore[arg-type]
+    return HttpClient(session or requests.Session(), sleep=rec.append, jitter=lambda: jitter,
+                      **kw)  # type: ignore[arg-type]
 
 
 def _script(*answers: FakeResponse) -> Callable[[FakeRequest], FakeResponse]:
@@ -244,6 +245,16 @@ def test_download_streams_hashes_and_reports_status(fake_http: Fake) -> None:
     created = fake_http(lambda req: FakeResponse(status=204))
     with pytest.raises(SourceError, match="HTTP 204"):
         _http().download(f"{created.url}/f", io.BytesIO())
+
+
+def test_passwords_in_urls_stay_out_of_messages(fake_http: Fake) -> None:
+    srv = fake_http(lambda req: FakeResponse(status=404))
+    with pytest.raises(SourceError) as ei:
+        _http().download(f"http://user:s3cret@{srv.host}/f", io.BytesIO())
+    assert str(ei.value) == f"http://user:xxxxx@{srv.host}/f: HTTP 404"
+    with pytest.raises(RegistryError) as ri:
+        check_url("http://user:s3cret@127.0.0.1:99999/f")
+    assert "s3cret" not in str(ri.value) and "user:xxxxx@" in str(ri.value)
 
 
 def test_error_body_parsing(fake_http: Fake) -> None:

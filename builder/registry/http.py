@@ -28,6 +28,7 @@ import ipaddress
 import json
 import math
 import random
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,20 +82,29 @@ class ErrorBody:
 
 
 # ---------------------------------------------------------------------- pure helpers
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#@:]*):[^/?#@]*@")
+
+
+def redact(url: str) -> str:
+    """`url` with the password of its userinfo (`http://user:pw@host/`) masked, for messages."""
+    return _USERINFO_PASSWORD.sub(r"\1:xxxxx@", url, count=1)
+
+
 def check_url(url: str, label: str = "") -> Origin:
     """The origin of `url`; RegistryError unless it is an http(s) URL with a host and a valid port."""
     prefix = f"{label}: " if label else ""
+    shown = redact(url)
     try:
         u = urlsplit(url)
         port = u.port
     except ValueError as e:
-        raise RegistryError(f"{prefix}invalid URL {url!r}: {e}") from e
+        raise RegistryError(f"{prefix}invalid URL {shown!r}: {e}") from e
     if u.scheme not in ("http", "https"):
-        raise RegistryError(f"{prefix}unsupported URL scheme in {url!r} (only http and https)")
+        raise RegistryError(f"{prefix}unsupported URL scheme in {shown!r} (only http and https)")
     if not u.hostname:
-        raise RegistryError(f"{prefix}invalid URL {url!r}: no host")
+        raise RegistryError(f"{prefix}invalid URL {shown!r}: no host")
     if port == 0:
-        raise RegistryError(f"{prefix}invalid URL {url!r}: port 0")
+        raise RegistryError(f"{prefix}invalid URL {shown!r}: port 0")
     return u.scheme, u.hostname.lower(), port or (443 if u.scheme == "https" else 80)
 
 
@@ -274,10 +284,10 @@ class HttpClient:
                 nxt = urljoin(url, resp.headers["Location"])
             except ValueError as e:
                 raise RegistryError(f"{self._where(label, method, url)}: invalid redirect Location "
-                                    f"{resp.headers['Location']!r}: {e}", status=resp.status_code) from e
+                                    f"{redact(resp.headers['Location'])!r}: {e}", status=resp.status_code) from e
             if here[0] == "https" and urlsplit(nxt).scheme != "https":
-                raise RegistryError(f"{self._where(label, method, url)}: refusing redirect from HTTPS to {nxt!r}",
-                                    status=resp.status_code)
+                raise RegistryError(f"{self._where(label, method, url)}: refusing redirect from HTTPS "
+                                    f"to {redact(nxt)!r}", status=resp.status_code)
             if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                 method, body = "GET", None
                 headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-type")}
@@ -300,7 +310,7 @@ class HttpClient:
 
     @staticmethod
     def _where(label: str, method: str, url: str) -> str:
-        return f"{label}: {method} {url}" if label else f"{method} {url}"
+        return f"{label}: {method} {redact(url)}" if label else f"{method} {redact(url)}"
 
     # ------------------------------------------------------------------ ADD <url>
     def download(self, url: str, sink: BinaryIO, *, max_bytes: int = DOWNLOAD_CAP) -> tuple[Digest, int]:
@@ -308,26 +318,27 @@ class HttpClient:
         size. Plain http is allowed. SourceError when the URL is bad, the network fails after the
         retries, the final status is not 200, or the body declares or reaches more than
         `max_bytes` (the sink then holds a partial body: the caller discards it)."""
+        shown = redact(url)
         try:
             resp = self.request("GET", url)
         except RegistryError as e:
             raise SourceError(e.message) from e
         with released(resp):
             if resp.status_code != 200:
-                raise SourceError(f"{url}: HTTP {resp.status_code}")
+                raise SourceError(f"{shown}: HTTP {resp.status_code}")
             declared = content_length(resp)
             if declared is not None and declared > max_bytes:
-                raise SourceError(f"{url}: {declared} bytes, more than the {max_bytes}-byte download cap")
+                raise SourceError(f"{shown}: {declared} bytes, more than the {max_bytes}-byte download cap")
             h, size = hashlib.sha256(), 0
             try:
                 for chunk in resp.iter_content(CHUNK):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise SourceError(f"{url}: more than the {max_bytes}-byte download cap")
+                        raise SourceError(f"{shown}: more than the {max_bytes}-byte download cap")
                     h.update(chunk)
                     sink.write(chunk)
             except requests.RequestException as e:
-                raise SourceError(f"{url}: transfer failed after {size} bytes: {_reason(e)}") from e
+                raise SourceError(f"{shown}: transfer failed after {size} bytes: {_reason(e)}") from e
         return Digest("sha256", h.hexdigest()), size
 
 
