@@ -3,6 +3,7 @@ retries (resets, 429 with odd Retry-After values, 500s), redirects (other host, 
 capped streaming reads, bad URLs and ports, and `download` for ADD <url>."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import math
@@ -245,6 +246,16 @@ def test_download_streams_hashes_and_reports_status(fake_http: Fake) -> None:
     created = fake_http(lambda req: FakeResponse(status=204))
     with pytest.raises(SourceError, match="HTTP 204"):
         _http().download(f"{created.url}/f", io.BytesIO())
+
+
+def test_a_failing_sink_is_a_source_error(fake_http: Fake) -> None:
+    class Full(io.BytesIO):
+        def write(self, b: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    srv = fake_http(lambda req: FakeResponse(body=b"data"))
+    with pytest.raises(SourceError, match="cannot store the download: .*No space left"):
+        _http().download(f"{srv.url}/f", Full())
 
 
 def test_passwords_in_urls_stay_out_of_messages(fake_http: Fake) -> None:

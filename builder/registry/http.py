@@ -316,8 +316,9 @@ class HttpClient:
     def download(self, url: str, sink: BinaryIO, *, max_bytes: int = DOWNLOAD_CAP) -> tuple[Digest, int]:
         """GET `url` and stream its body into `sink` (not closed); return its sha256 Digest and
         size. Plain http is allowed. SourceError when the URL is bad, the network fails after the
-        retries, the final status is not 200, or the body declares or reaches more than
-        `max_bytes` (the sink then holds a partial body: the caller discards it)."""
+        retries, the final status is not 200, the body declares or reaches more than `max_bytes`
+        (the sink then holds a partial body: the caller discards it), or writing the sink fails.
+        A body that fails mid-stream is not retried."""
         shown = redact(url)
         try:
             resp = self.request("GET", url)
@@ -339,6 +340,8 @@ class HttpClient:
                     sink.write(chunk)
             except requests.RequestException as e:
                 raise SourceError(f"{shown}: transfer failed after {size} bytes: {_reason(e)}") from e
+            except OSError as e:            # the sink: disk full, closed file, …
+                raise SourceError(f"{shown}: cannot store the download: {e}") from e
         return Digest("sha256", h.hexdigest()), size
 
 
