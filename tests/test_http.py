@@ -7,6 +7,7 @@ import errno
 import hashlib
 import io
 import math
+import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -95,6 +96,19 @@ def test_connection_resets_are_retried(fake_http: Fake) -> None:
     with pytest.raises(RegistryError, match=r"^reg/app: GET .*after 4 tries") as ri:
         _http().request("GET", f"{always.url}/f", label="reg/app")
     assert ri.value.status is None
+
+
+def test_a_silent_server_times_out_and_is_retried(fake_http: Fake) -> None:
+    def slow(req: FakeRequest) -> FakeResponse:
+        time.sleep(0.5)
+        return FakeResponse(body=b"late")
+
+    srv = fake_http(slow)
+    sleeps: list[float] = []
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"timed out.*\(after 2 tries\)"):
+        _http(sleeps, timeout=0.1, retry=RetryPolicy(max_tries=2)).download(f"{srv.url}/f", io.BytesIO())
+    assert len(srv.requests) == 2 and sleeps == [0.5] and time.monotonic() - started < 5
 
 
 def test_connection_refused_is_a_clean_error() -> None:
