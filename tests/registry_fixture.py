@@ -3,7 +3,9 @@
 - `registry` (session fixture): Debian's `docker-registry` on a free 127.0.0.1 port with a temp
   storage dir; yields "127.0.0.1:PORT"; stopped at session end.
 - `fake_http` (function fixture): a factory for small fault-injecting HTTP servers
-  (`FakeServer`), each run in a thread on 127.0.0.1 and stopped after the test.
+  (`FakeServer`), each run in a thread on 127.0.0.1 (or another loopback address, optionally
+  over TLS with `self_signed_cert`) and stopped after the test. A `FakeResponse` can also reset
+  the connection instead of answering, or stream a body from a generator.
 - `make_oci_layout` / `make_oci_index_layout`: write an OCI image layout with Python only.
 - `skopeo_copy`: push a layout into a registry (`--dest-tls-verify=false`).
 
@@ -17,6 +19,8 @@ import io
 import json
 import shutil
 import socket
+import ssl
+import struct
 import subprocess
 import tarfile
 import threading
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import pytest
 import requests
@@ -236,19 +240,25 @@ class FakeRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FakeResponse:
+    """`reset`: answer nothing and reset the connection. `chunks`: stream the body from this
+    iterable instead of `body` (no Content-Length unless `headers` has one: the body then ends
+    when the connection closes; a client that stops reading makes the server stop writing)."""
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    reset: bool = False
+    chunks: Iterable[bytes] | None = None
 
 
 Handler = Callable[[FakeRequest], FakeResponse]
 
 
 class FakeServer:
-    """A threaded HTTP/1.0 server on 127.0.0.1 answering every request with `handler(request)`.
-    Every request is recorded in `requests` (in arrival order)."""
+    """A threaded HTTP/1.0 server on `host` (a loopback address) answering every request with
+    `handler(request)`; HTTPS when `tls` is a (cert, key) pair. Every request is recorded in
+    `requests` (in arrival order)."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, host: str = "127.0.0.1", tls: tuple[Path, Path] | None = None) -> None:
         self.handler = handler
         self.requests: list[FakeRequest] = []
         self._lock = threading.Lock()
@@ -263,25 +273,40 @@ class FakeServer:
                 with outer._lock:
                     outer.requests.append(req)
                 resp = outer.handler(req)
+                if resp.reset:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.headers.items():
                     self.send_header(k, v)
-                if not any(k.lower() == "content-length" for k in resp.headers):
+                if resp.chunks is None and not any(k.lower() == "content-length" for k in resp.headers):
                     self.send_header("Content-Length", str(len(resp.body)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(resp.body)
+                    self._write_body(resp)
+
+            def _write_body(self, resp: FakeResponse) -> None:
+                try:
+                    for chunk in (resp.chunks if resp.chunks is not None else (resp.body,)):
+                        self.wfile.write(chunk)
+                except OSError:             # the client went away: stop writing
+                    self.close_connection = True
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self._httpd = ThreadingHTTPServer((host, 0), _H)
         self._httpd.daemon_threads = True
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        self.host = f"{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
@@ -292,13 +317,24 @@ class FakeServer:
         self._thread.join(timeout=5)
 
 
+def self_signed_cert(dir: Path, ip: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A throw-away self-signed certificate and key for `ip` (openssl CLI); skips without openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = dir / "cert.pem", dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={ip}",
+                    "-addext", f"subjectAltName=IP:{ip}"], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 @pytest.fixture
-def fake_http() -> Iterator[Callable[[Handler], FakeServer]]:
-    """Factory: `fake_http(handler) -> FakeServer`; all servers stop after the test."""
+def fake_http() -> Iterator[Callable[..., FakeServer]]:
+    """Factory: `fake_http(handler, host=..., tls=...) -> FakeServer`; all servers stop after the test."""
     servers: list[FakeServer] = []
 
-    def start(handler: Handler) -> FakeServer:
-        s = FakeServer(handler)
+    def start(handler: Handler, **kw: object) -> FakeServer:
+        s = FakeServer(handler, **kw)  # type: ignore[arg-type]
         servers.append(s)
         return s
 

@@ -127,6 +127,9 @@ def test_helper_name_is_validated(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ authenticator
+REG = "127.0.0.1:9"      # a registry on the token servers' host: credentials may go to their realm
+
+
 def _token_server(fake_http):
     def handle(req: FakeRequest) -> FakeResponse:
         if req.headers.get("authorization") not in (None, "Basic " + base64.b64encode(b"u:p").decode()):
@@ -141,37 +144,37 @@ def _token_server(fake_http):
 def test_bearer_token_fetch_and_cache(fake_http) -> None:
     srv = _token_server(fake_http)
     now = [1000.0]
-    auth = Authenticator(requests.Session(), StaticCredentials({"r.io": Credentials(username="u", password="p")}),
+    auth = Authenticator(requests.Session(), StaticCredentials({REG: Credentials(username="u", password="p")}),
                          clock=lambda: now[0])
     ch = f'Bearer realm="{srv.url}/token",service="svc",scope="repository:a:pull"'
-    assert auth.header("r.io", "repository:a:pull") is None
-    assert auth.respond("r.io", ch, "repository:a:pull") == "Bearer tok1"
-    assert auth.header("r.io", "repository:a:pull") == "Bearer tok1"       # cached per scope
-    assert auth.header("r.io", "repository:b:pull") is None
-    assert auth.respond("r.io", ch, "repository:a:pull repository:c:pull") == "Bearer tok2"   # access_token
+    assert auth.header(REG, "repository:a:pull") is None
+    assert auth.respond(REG, ch, "repository:a:pull") == "Bearer tok1"
+    assert auth.header(REG, "repository:a:pull") == "Bearer tok1"       # cached per scope
+    assert auth.header(REG, "repository:b:pull") is None
+    assert auth.respond(REG, ch, "repository:a:pull repository:c:pull") == "Bearer tok2"   # access_token
     q = parse_qs(urlsplit(srv.requests[1].path).query)
     assert q == {"service": ["svc"], "scope": ["repository:a:pull", "repository:c:pull"]}
     assert srv.requests[0].headers["authorization"].startswith("Basic ")
     now[0] += 291                                                            # expires_in 300 minus slack
-    assert auth.header("r.io", "repository:a:pull") is None
+    assert auth.header(REG, "repository:a:pull") is None
 
 
 def test_bearer_denied_and_basic(fake_http) -> None:
     srv = _token_server(fake_http)
-    auth = Authenticator(requests.Session(), StaticCredentials({"r.io": Credentials(username="u", password="bad")}))
+    auth = Authenticator(requests.Session(), StaticCredentials({REG: Credentials(username="u", password="bad")}))
     with pytest.raises(AuthError, match="denied"):
-        auth.respond("r.io", f'Bearer realm="{srv.url}/token"', "repository:a:pull")
+        auth.respond(REG, f'Bearer realm="{srv.url}/token"', "repository:a:pull")
     with pytest.raises(AuthError, match="no credentials"):
         auth.respond("other.io", 'Basic realm="x"', "repository:a:pull")
-    assert auth.respond("r.io", 'Basic realm="x"', "s") == "Basic " + base64.b64encode(b"u:bad").decode()
-    assert auth.header("r.io", "any-scope") is not None
+    assert auth.respond(REG, 'Basic realm="x"', "s") == "Basic " + base64.b64encode(b"u:bad").decode()
+    assert auth.header(REG, "any-scope") is not None
     with pytest.raises(AuthError, match="unsupported"):
-        auth.respond("r.io", 'Negotiate abc', "s")
+        auth.respond(REG, 'Negotiate abc', "s")
 
 
 def test_authenticator_reads_injected_config_path(fake_http, tmp_path: Path) -> None:
     srv = _token_server(fake_http)
-    p = _write_config(tmp_path, {"auths": {"r.io": {"auth": base64.b64encode(b"u:p").decode()}}})
+    p = _write_config(tmp_path, {"auths": {REG: {"auth": base64.b64encode(b"u:p").decode()}}})
     auth = Authenticator(requests.Session(), config_path=p)
-    assert auth.respond("r.io", f'Bearer realm="{srv.url}/token"', "s") == "Bearer tok1"
+    assert auth.respond(REG, f'Bearer realm="{srv.url}/token"', "s") == "Bearer tok1"
     assert srv.requests[0].headers["authorization"] == "Basic " + base64.b64encode(b"u:p").decode()

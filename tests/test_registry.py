@@ -30,8 +30,10 @@ ARM64 = Platform(os="linux", architecture="arm64", variant="v8")
 
 
 def _client(sleeps: list[float] | None = None, **kw: object) -> RegistryClient:
+    """A client whose sleeps are recorded, not slept; backoff jitter pinned to its maximum."""
     s = requests.Session()
     rec = sleeps if sleeps is not None else []
+    kw.setdefault("jitter", lambda: 1.0)
     return RegistryClient(s, auth=Authenticator(s), sleep=rec.append, **kw)  # type: ignore[arg-type]
 
 

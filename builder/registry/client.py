@@ -6,29 +6,28 @@ Contracts:
   `Docker-Content-Digest` header; every blob is streamed, hashed and counted while it is written
   to the caller's sink, and a mismatch raises DigestMismatchError (the sink then holds garbage:
   callers write to a store ingest writer and only commit on success).
-- redirects are followed by hand: `Authorization` is never sent to an origin other than the
-  registry's, and an HTTPS → HTTP downgrade is refused. Upload `Location`s must stay on the
+- transport (timeouts, retries of 429/5xx/connection failures honouring `Retry-After`,
+  redirects followed by hand with `Authorization` only for the registry's origin and no HTTPS →
+  HTTP downgrade) is `builder.registry.http.HttpClient`'s. Upload `Location`s must stay on the
   registry origin.
-- 429, 5xx and connection errors are retried (at most `max_tries` attempts in all) with
-  exponential backoff or the server's `Retry-After` (capped), through the injected `sleep`.
-  A blob body that fails mid-stream is not retried (the sink cannot be rewound).
-- errors: AuthError (401/403 after auth), NotFoundError (404), RegistryError otherwise; messages
-  name the reference and the HTTP status.
+- errors: AuthError (401/403 after auth), NotFoundError (404), RegistryError otherwise; each
+  carries the HTTP `status` and the distribution error `codes` of the body, and its message names
+  the reference (registry/repository), the HTTP status and the codes.
 """
 from __future__ import annotations
 
-import email.utils
 import hashlib
-import ipaddress
 import json
+import random
 import time
-from datetime import datetime, timezone
-from typing import Any, BinaryIO, Callable, Collection, Protocol
-from urllib.parse import urlencode, urljoin, urlsplit
+from typing import Any, BinaryIO, Callable, Collection
+from urllib.parse import urlencode, urljoin
 
 import requests
 
 from builder.registry.auth import Authenticator
+from builder.registry.http import (Body, HttpClient, RetryPolicy, Sink, check_url, discard, error_body,
+                                   read_capped, released)
 from builder.image.digest import Digest
 from builder.errors import AuthError, DigestMismatchError, NotFoundError, RegistryError
 from builder.image.oci import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, MediaType, Platform, pick_platform
@@ -36,16 +35,7 @@ from builder.image.reference import Reference
 
 CHUNK = 1 << 20
 _ACCEPT = ", ".join(MediaType.MANIFESTS + MediaType.INDEXES)
-_REDIRECTS = (301, 302, 303, 307, 308)
-_MAX_REDIRECTS = 10
 _MAX_INDEX_DEPTH = 4
-
-
-class Sink(Protocol):
-    def write(self, b: bytes) -> int: ...
-
-
-Body = Callable[[], "BinaryIO | bytes"]
 
 
 class RegistryClient:
@@ -53,26 +43,16 @@ class RegistryClient:
 
     def __init__(self, session: requests.Session, *, auth: Authenticator, insecure_hosts: Collection[str] = (),
                  sleep: Callable[[float], None] = time.sleep, max_tries: int = 4, backoff: float = 0.5,
-                 max_retry_after: float = 60.0, timeout: float = 60.0) -> None:
-        self._session = session
+                 max_retry_after: float = 60.0, timeout: float = 60.0,
+                 jitter: Callable[[], float] = random.random) -> None:
         self._auth = auth
-        self._insecure = frozenset(insecure_hosts)
-        self._sleep = sleep
-        self._max_tries = max(1, max_tries)
-        self._backoff = backoff
-        self._max_retry_after = max_retry_after
-        self._timeout = timeout
+        self._http = HttpClient(session, insecure_hosts=insecure_hosts, sleep=sleep, jitter=jitter, timeout=timeout,
+                                retry=RetryPolicy(max_tries=max_tries, backoff=backoff,
+                                                  max_retry_after=max_retry_after))
 
     # ------------------------------------------------------------------ urls
     def scheme(self, ref: Reference) -> str:
-        host = ref.api_host
-        hostname = urlsplit(f"//{host}").hostname or host
-        if host in self._insecure or hostname in self._insecure or hostname == "localhost":
-            return "http"
-        try:
-            return "http" if ipaddress.ip_address(hostname).is_loopback else "https"
-        except ValueError:
-            return "https"
+        return self._http.scheme_for(ref.api_host)
 
     def base_url(self, ref: Reference) -> str:
         return f"{self.scheme(ref)}://{ref.api_host}"
@@ -85,10 +65,10 @@ class RegistryClient:
         """Fetch the manifest or index `ref` names; return its descriptor (media type, digest,
         size) and exact bytes. Verified against `ref.digest` or Docker-Content-Digest; capped."""
         resp = self._send("GET", ref, self._url(ref, "manifests", ref.identifier),
-                          headers={"Accept": _ACCEPT}, stream=True)
-        with resp:
+                          headers={"Accept": _ACCEPT})
+        with released(resp):
             self._check(resp, ref, "manifest", (200,))
-            raw = _read_capped(resp, MAX_MANIFEST_SIZE, ref)
+            raw = read_capped(resp, MAX_MANIFEST_SIZE, f"{ref}: manifest")
             header_digest = resp.headers.get("Docker-Content-Digest", "")
             content_type = resp.headers.get("Content-Type", "")
         expected = ref.digest
@@ -130,8 +110,8 @@ class RegistryClient:
     def fetch_blob(self, ref: Reference, desc: Descriptor, sink: Sink) -> None:
         """Stream blob `desc` from `ref`'s repository into `sink` (not closed), verifying size and
         digest; raise DigestMismatchError after the last byte if they differ."""
-        resp = self._send("GET", ref, self._url(ref, "blobs", str(desc.digest)), stream=True)
-        with resp:
+        resp = self._send("GET", ref, self._url(ref, "blobs", str(desc.digest)))
+        with released(resp):
             self._check(resp, ref, f"blob {desc.digest}", (200,))
             h, size = desc.digest.hasher(), 0
             try:
@@ -143,7 +123,8 @@ class RegistryClient:
                     h.update(chunk)
                     sink.write(chunk)
             except requests.RequestException as e:
-                raise RegistryError(f"{ref}: blob {desc.digest}: transfer failed after {size} bytes: {e}") from e
+                raise RegistryError(f"{ref}: blob {desc.digest}: transfer failed after {size} bytes: {e}",
+                                    status=resp.status_code) from e
         actual = Digest(desc.digest.algorithm, h.hexdigest())
         if size != desc.size or actual != desc.digest:
             raise DigestMismatchError(f"{desc.digest} ({desc.size} bytes)", f"{actual} ({size} bytes)",
@@ -152,7 +133,7 @@ class RegistryClient:
     # ------------------------------------------------------------------ push
     def blob_exists(self, ref: Reference, digest: Digest) -> bool:
         resp = self._send("HEAD", ref, self._url(ref, "blobs", str(digest)), actions="pull,push")
-        with resp:
+        with released(resp):
             if resp.status_code == 404:
                 return False
             self._check(resp, ref, f"blob {digest}", (200,))
@@ -174,7 +155,7 @@ class RegistryClient:
             extra = (f"repository:{mount_from.repository}:pull",)
         resp = self._send("POST", ref, uploads, actions="pull,push", extra_scopes=extra,
                           headers={"Content-Length": "0"})
-        with resp:
+        with released(resp):
             if resp.status_code == 201 and extra:
                 return "mounted"
             self._check(resp, ref, f"blob upload {desc.digest}", (202,))
@@ -183,7 +164,7 @@ class RegistryClient:
         put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
         resp = self._send("PUT", ref, put_url, actions="pull,push", body=open_fn,
                           headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)})
-        with resp:
+        with released(resp):
             self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
         return "uploaded"
 
@@ -194,7 +175,7 @@ class RegistryClient:
             raise DigestMismatchError(str(ref.digest), str(actual), f"manifest for {ref}")
         resp = self._send("PUT", ref, self._url(ref, "manifests", ref.identifier), actions="pull,push",
                           body=lambda: data, headers={"Content-Type": media_type})
-        with resp:
+        with released(resp):
             self._check(resp, ref, "manifest upload", (200, 201, 202))
             echoed = resp.headers.get("Docker-Content-Digest", "").strip()
         if echoed and echoed != str(actual):
@@ -204,120 +185,58 @@ class RegistryClient:
     def _upload_location(self, ref: Reference, resp: requests.Response) -> str:
         loc = resp.headers.get("Location")
         if not loc:
-            raise RegistryError(f"{ref}: upload started (HTTP {resp.status_code}) without a Location")
+            raise RegistryError(f"{ref}: upload started (HTTP {resp.status_code}) without a Location",
+                                status=resp.status_code)
         url = urljoin(self.base_url(ref) + "/", loc)
-        if _origin(url) != _origin(self.base_url(ref)):
+        if check_url(url, str(ref)) != check_url(self.base_url(ref), str(ref)):
             raise RegistryError(f"{ref}: upload Location {url!r} leaves the registry origin")
         return url
 
     # ------------------------------------------------------------------ transport
     def _send(self, method: str, ref: Reference, url: str, *, actions: str = "pull",
               extra_scopes: tuple[str, ...] = (), headers: dict[str, str] | None = None,
-              body: Body | None = None, stream: bool = False) -> requests.Response:
-        """One logical request: auth, redirects and bounded retries. Returns the final response
-        (possibly still an error status after the last try; the caller checks)."""
+              body: Body | None = None) -> requests.Response:
+        """One logical request with the cached auth; after a 401 challenge, once more with fresh
+        auth. Returns the final (streamed) response, possibly an error status: the caller checks."""
         scope = " ".join((f"repository:{ref.repository}:{actions}", *extra_scopes))
-        for attempt in range(1, self._max_tries + 1):
-            last = attempt == self._max_tries
-            try:
-                resp = self._send_authed(method, ref, url, scope, headers or {}, body, stream)
-            except (requests.ConnectionError, requests.Timeout) as e:
-                if last:
-                    raise RegistryError(f"{ref}: {method} {url}: {e} (after {attempt} tries)") from e
-                self._sleep(self._backoff * 2 ** (attempt - 1))
-                continue
-            if last or not (resp.status_code == 429 or 500 <= resp.status_code <= 599):
-                return resp
-            delay = _retry_after(resp.headers.get("Retry-After"))
-            resp.close()
-            if delay is None:
-                delay = self._backoff * 2 ** (attempt - 1)
-            self._sleep(min(max(delay, 0.0), self._max_retry_after))
-        raise AssertionError("unreachable")
-
-    def _send_authed(self, method: str, ref: Reference, url: str, scope: str, headers: dict[str, str],
-                     body: Body | None, stream: bool) -> requests.Response:
         auth = self._auth.header(ref.registry, scope)
-        resp = self._follow(method, ref, url, headers, auth, body, stream)
+        resp = self._http.request(method, url, label=str(ref), headers=headers, body=body, auth=auth)
         if resp.status_code != 401:
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")
-        resp.close()
         if not challenge:
-            raise AuthError(f"{ref}: HTTP 401 without WWW-Authenticate on {method} {url}")
+            with released(resp):
+                raise self._error(resp, ref, f"{method} {url}", note="without WWW-Authenticate")
+        discard(resp)
         if auth is not None:
             self._auth.forget(ref.registry, scope)
         auth = self._auth.respond(ref.registry, challenge, scope)
-        resp = self._follow(method, ref, url, headers, auth, body, stream)
+        resp = self._http.request(method, url, label=str(ref), headers=headers, body=body, auth=auth)
         if resp.status_code == 401:
-            resp.close()
-            raise AuthError(f"{ref}: HTTP 401 on {method} {url}: credentials rejected for scope {scope!r}")
+            with released(resp):
+                raise self._error(resp, ref, f"{method} {url}", note=f"credentials rejected for scope {scope!r}")
         return resp
 
-    def _follow(self, method: str, ref: Reference, url: str, headers: dict[str, str], auth: str | None,
-                body: Body | None, stream: bool) -> requests.Response:
-        """Send, following redirects by hand; Authorization only to the registry origin."""
-        home = _origin(self.base_url(ref))
-        for _ in range(_MAX_REDIRECTS + 1):
-            h = dict(headers)
-            if auth is not None and _origin(url) == home:
-                h["Authorization"] = auth
-            data = body() if body is not None else None
-            try:
-                resp = self._session.request(method, url, headers=h, data=data, stream=stream,
-                                             allow_redirects=False, timeout=self._timeout)
-            finally:
-                if data is not None and hasattr(data, "close"):
-                    data.close()
-            if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
-                return resp
-            nxt = urljoin(url, resp.headers["Location"])
-            resp.close()
-            if urlsplit(url).scheme == "https" and urlsplit(nxt).scheme != "https":
-                raise RegistryError(f"{ref}: refusing redirect from HTTPS to {nxt!r}")
-            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
-                method, body = "GET", None
-                headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-type")}
-            url = nxt
-        raise RegistryError(f"{ref}: too many redirects for {method} {url}")
-
     def _check(self, resp: requests.Response, ref: Reference, what: str, ok: tuple[int, ...]) -> None:
+        if resp.status_code not in ok:
+            raise self._error(resp, ref, what)
+
+    @staticmethod
+    def _error(resp: requests.Response, ref: Reference, what: str, *, note: str = "") -> RegistryError:
+        """The typed error for an error response: status, distribution codes and their messages."""
         code = resp.status_code
-        if code in ok:
-            return
-        detail = _error_detail(resp)
-        msg = f"{ref}: {what}: HTTP {code}{': ' + detail if detail else ''}"
-        if code in (401, 403):
-            raise AuthError(msg)
-        if code == 404:
-            raise NotFoundError(msg)
-        raise RegistryError(msg)
+        body = error_body(resp)
+        msg = f"{ref}: {what}: HTTP {code}" + "".join(f": {x}" for x in (note, body.detail) if x)
+        cls = AuthError if code in (401, 403) else NotFoundError if code == 404 else RegistryError
+        return cls(msg, status=code, codes=body.codes)
 
 
 # ---------------------------------------------------------------------- helpers
-def _origin(url: str) -> tuple[str, str, int]:
-    u = urlsplit(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    return u.scheme, (u.hostname or "").lower(), port
-
-
 def _digest_of(data: bytes, algorithm: str) -> Digest:
     try:
         return Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
     except ValueError:
         return Digest.of_bytes(data)
-
-
-def _read_capped(resp: requests.Response, cap: int, ref: Reference) -> bytes:
-    buf = bytearray()
-    try:
-        for chunk in resp.iter_content(64 * 1024):
-            buf += chunk
-            if len(buf) > cap:
-                raise RegistryError(f"{ref}: manifest larger than {cap} bytes")
-    except requests.RequestException as e:
-        raise RegistryError(f"{ref}: manifest transfer failed: {e}") from e
-    return bytes(buf)
 
 
 def _manifest_media_type(content_type: str, raw: bytes, ref: Reference) -> str:
@@ -340,32 +259,3 @@ def _manifest_media_type(content_type: str, raw: bytes, ref: Reference) -> str:
     if "config" in doc:
         return MediaType.OCI_MANIFEST
     raise RegistryError(f"{ref}: unsupported manifest media type {ct or mt!r}")
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return (when - datetime.now(timezone.utc)).total_seconds()
-
-
-def _error_detail(resp: requests.Response) -> str:
-    try:
-        text = resp.raw.read(16 * 1024, decode_content=True) if resp.raw is not None else b""
-        doc = json.loads(text or resp.content[:16 * 1024] or b"null")
-        errs = doc.get("errors") if isinstance(doc, dict) else None
-        if errs:
-            return "; ".join(f"{e.get('code', '')} {e.get('message', '')}".strip() for e in errs[:3])
-    except (ValueError, AttributeError, TypeError, requests.RequestException, OSError):
-        pass
-    return ""

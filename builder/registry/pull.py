@@ -16,6 +16,7 @@ from builder.image.digest import Digest
 from builder.errors import RegistryError, StoreError
 from builder.image.oci import MAX_MANIFEST_SIZE, REF_NAME, Descriptor, ImageConfig, Index, Manifest, MediaType, Platform, pick_platform
 from builder.image.reference import Reference
+from builder.image.view import Chain, LayerRef
 from builder.store.content import ContentStore
 
 if TYPE_CHECKING:   # the registry client (and requests) load only when a registry is used
@@ -27,12 +28,21 @@ _MAX_DEPTH = 4
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PulledImage:
-    """An image whose manifest, config and layer blobs are all in the content store."""
+    """An image whose manifest, config and layer blobs are all in the content store. `ref` is a
+    label for messages (the reference, `oci-layout://…` or the manifest digest)."""
     ref: str
     manifest_descriptor: Descriptor
     manifest: Manifest
     config: ImageConfig
     raw_config: bytes
+
+    def chain(self) -> Chain:
+        """The image's layers base first, each with its diff_id from the config; RegistryError
+        when the manifest's layer count and the config's diff_id count differ."""
+        layers, diff_ids = self.manifest.layers, self.config.diff_ids
+        if len(layers) != len(diff_ids):
+            raise RegistryError(f"{self.ref}: {len(layers)} layers but {len(diff_ids)} diff_ids")
+        return tuple(LayerRef(descriptor=d, diff_id=i) for d, i in zip(layers, diff_ids))
 
 
 def pull_image(client: RegistryClient, store: ContentStore, ref: Reference, platform: Platform) -> PulledImage:
