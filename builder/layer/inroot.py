@@ -17,12 +17,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Literal, Union
+
+TYPE_CHECKING = False       # typing is not imported at run time: the step init must start fast
+if TYPE_CHECKING:
+    from typing import Callable, Literal, Union
+    CreateMissing = Callable[[str, bool], None]
+    Missing = Union[Literal["keep", "raise"], CreateMissing]
 
 MAX_SYMLINKS = 40
-
-CreateMissing = Callable[[str, bool], None]
-Missing = Union[Literal["keep", "raise"], CreateMissing]
 
 
 def split_components(rel: str | bytes) -> list[bytes]:

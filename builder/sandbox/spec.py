@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal, Union
+
+TYPE_CHECKING = False       # typing is not imported at run time: the step init must start fast
+if TYPE_CHECKING:
+    from typing import Literal, Union
+    MountKind = Literal["bind", "overlay", "tmpfs"]
+    Network = Literal["default", "none", "host"]
+    FailureKind = Literal["idmap", "user", "setup"]
+    StatusLine = Union["StepReport", "SetupFailure"]
 
 SPEC_VERSION = 1
-MountKind = Literal["bind", "overlay", "tmpfs"]
-Network = Literal["default", "none", "host"]
-FailureKind = Literal["idmap", "user", "setup"]
 
 
 class SpecError(ValueError):
@@ -179,9 +183,6 @@ class SetupFailure:
 
     def to_line(self) -> bytes:
         return (json.dumps({"error": self.kind, "message": self.message}) + "\n").encode()
-
-
-StatusLine = Union[StepReport, SetupFailure]
 
 
 def _parent(v: object) -> tuple[str, int, int]:
