@@ -26,6 +26,7 @@ from builder.sandbox import protocol, userns
 from builder.sandbox.protocol import (Chunk, Config, Done, ExportRootfs, Failure, LayerResult, Ready, Reply,
                                       Request, RunExec, RunFile, WireError)
 from builder.solve.ops import ExecOp, FileOp
+from builder.sandbox.executor import Executor
 from builder.store.content import ContentStore
 
 __all__ = ["SandboxOptions", "Worker", "nsinit_argv"]
@@ -97,10 +98,9 @@ class Worker:
         idmap, su, sg = userns.plan()
         cancel_r, self._cancel_w = os.pipe()
         self._log = tempfile.TemporaryFile()
-        env = dict(os.environ, PYBUILD_CANCEL_FD=str(cancel_r))
         try:
             self._proc = subprocess.Popen(_worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=self._log, pass_fds=(cancel_r,), env=env, bufsize=0,
+                                          stderr=self._log, pass_fds=(cancel_r,), bufsize=0,
                                           start_new_session=True)   # terminal ^C reaches us, not steps
         finally:
             os.close(cancel_r)
@@ -113,7 +113,8 @@ class Worker:
             cfg = Config(
                 root=str(root), store_root=str(self.store.root), snapshotter=self.options.snapshotter,
                 compression=Compression(self.options.compression), source_date_epoch=self.options.source_date_epoch,
-                idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv())
+                idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv(),
+                cancel_fd=cancel_r)     # the same number in the worker (pass_fds)
             protocol.write_message(self._proc.stdin, cfg)
             first = protocol.read_from_worker(self._proc.stdout)
         except BaseException:
@@ -271,3 +272,8 @@ def _layer(reply: Reply) -> LayerRef | None:
     if not isinstance(reply, LayerResult):
         raise protocol.ProtocolError(f"expected a layer, the worker answered with a {type(reply).__name__}")
     return reply.layer
+
+
+def as_executor(worker: Worker) -> Executor:
+    """A `Worker` is an `Executor` (mypy checks the structure here)."""
+    return worker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import re
 import signal
@@ -19,9 +20,15 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL:
+    """The C library, loaded on first use (not at import)."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return lib
 
 
 def _check(ret: int, what: str) -> None:
@@ -31,27 +38,27 @@ def _check(ret: int, what: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    _check(_lib().unshare(flags), "unshare")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     enc = (lambda s: s.encode() if s is not None else None)
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {fstype or ''} {target}")
+    _check(_lib().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {fstype or ''} {target}")
 
 
 def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+    _check(_lib().umount2(target.encode(), flags), f"umount {target}")
 
 
 def pivot_root(new: str, old: str) -> None:
     nr = _PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
         raise OSError(errno.ENOSYS, "pivot_root: unknown architecture")
-    _check(_libc.syscall(nr, new.encode(), old.encode()), "pivot_root")
+    _check(_lib().syscall(nr, new.encode(), old.encode()), "pivot_root")
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    _lib().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def bind(src: str, target: str, *, readonly: bool, recursive: bool = False) -> None:
@@ -86,7 +93,7 @@ def _setattr_rdonly_recursive(target: str) -> bool:
     """mount_setattr(2) (Linux >= 5.12): the whole tree read-only in one call."""
     attr = struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0)
     buf = ctypes.create_string_buffer(attr, len(attr))
-    rc = _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD), target.encode(),
+    rc = _lib().syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(_AT_FDCWD), target.encode(),
                        ctypes.c_long(_AT_RECURSIVE), buf, ctypes.c_size_t(len(attr)))
     return rc == 0
 
@@ -116,4 +123,4 @@ def overlay_options(lower: list[str], upper: str | None, work: str | None) -> st
 def sethostname(name: str) -> None:
     """Best effort (the step runs in its own uts namespace, where it cannot fail)."""
     b = name.encode()
-    _libc.sethostname(b, len(b))
+    _lib().sethostname(b, len(b))

@@ -31,13 +31,17 @@ from builder.sandbox.linux import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLON
 from builder.sandbox.spec import SetupFailure, SpecError, StepMount, StepReport, StepSpec
 from builder.sandbox.users import UnknownUser, read_group, read_passwd, resolve_user
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.sandbox.spec import FailureKind
+
 SETUP_FAILED = 125
 
 
 class SetupError(Exception):
     """A step could not be set up; `kind` is "idmap", "user" or "setup"."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -228,7 +232,7 @@ def pid1(spec: StepSpec) -> int:
         enter_root(spec.mountpoint)
         exec_command(spec)
     except SetupError as e:
-        os.write(status_fd, SetupFailure(kind=e.kind, message=str(e)).to_line())  # type: ignore[arg-type]
+        os.write(status_fd, SetupFailure(kind=e.kind, message=str(e)).to_line())
     except OSError as e:
         os.write(status_fd, SetupFailure(kind="setup", message=str(e)).to_line())
     return SETUP_FAILED

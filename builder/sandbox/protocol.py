@@ -48,6 +48,7 @@ class Config:
     setgroups: bool
     user: str
     nsinit_argv: tuple[str, ...]
+    cancel_fd: int = -1         # the worker's end of the cancel pipe (-1: none)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,7 +158,7 @@ _SOURCE = (HostDir, ChainSource)
 _FIELD_TYPES: dict[type, dict[str, _Type]] = {
     Config: {"root": str, "store_root": str, "snapshotter": str, "compression": Compression,
              "source_date_epoch": (int, type(None)), "idmap_size": int, "setgroups": bool, "user": str,
-             "nsinit_argv": tuple},
+             "nsinit_argv": tuple, "cancel_fd": int},
     Ready: {"snapshotter": str},
     RunExec: {"id": int, "base": tuple, "op": ExecOp, "mount_sources": dict, "secrets": dict, "stream": bool},
     RunFile: {"id": int, "base": tuple, "op": FileOp, "sources": dict},

@@ -44,8 +44,7 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)   # stray prints go to the log, never into the protocol
     _enter_namespace(inp, out)
-    cancel_fd = int(os.environ.get("PYBUILD_CANCEL_FD", "-1"))
-    serve(inp, out, cancel_fd)
+    serve(inp, out)
 
 
 def _failure(rid: int, e: BaseException) -> Failure:
@@ -54,7 +53,7 @@ def _failure(rid: int, e: BaseException) -> Failure:
     return Failure(id=rid, error=WireError.of(e))
 
 
-def serve(inp: BinaryIO, out: BinaryIO, cancel_fd: int) -> None:
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
     """Handle the config, then requests until EOF; every request runs in its own thread."""
     try:
         cfg = protocol.read_from_parent(inp)
@@ -75,8 +74,8 @@ def serve(inp: BinaryIO, out: BinaryIO, cancel_fd: int) -> None:
         send(_failure(0, e))
         return
     send(Ready(snapshotter=ws.snap.name))
-    if cancel_fd >= 0:
-        threading.Thread(target=_watch_cancel, args=(cancel_fd, ws), daemon=True).start()
+    if cfg.cancel_fd >= 0:
+        threading.Thread(target=_watch_cancel, args=(cfg.cancel_fd, ws), daemon=True).start()
     _serve_requests(inp, ws)
 
 
