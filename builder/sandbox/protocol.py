@@ -19,7 +19,7 @@ from __future__ import annotations
 import pickle
 import struct
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import IO, Union
 
 from builder import errors
@@ -198,11 +198,10 @@ def validate(msg: object, expected: tuple[type, ...]) -> None:
         raise ProtocolError(f"sandbox protocol version mismatch: got a {type(msg).__name__} of version "
                             f"{version}, this side speaks version {PROTOCOL_VERSION} (client and worker "
                             f"must come from the same pybuild)")
-    for f in fields(msg):  # type: ignore[arg-type]
-        want = _FIELD_TYPES[type(msg)].get(f.name)
-        v = getattr(msg, f.name)
-        if want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
-            raise ProtocolError(f"{type(msg).__name__}.{f.name}: {type(v).__name__} is not what the protocol carries")
+    for name, want in _FIELD_TYPES[type(msg)].items():
+        v = getattr(msg, name, None)
+        if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            raise ProtocolError(f"{type(msg).__name__}.{name}: {type(v).__name__} is not what the protocol carries")
     _check_items(msg)
 
 

@@ -13,13 +13,18 @@ from dataclasses import dataclass
 
 TYPE_CHECKING = False       # typing is not imported at run time: the step init must start fast
 if TYPE_CHECKING:
-    from typing import Literal, Union
+    from typing import Literal, TypeVar, Union
+    T = TypeVar("T", bound=str)
     MountKind = Literal["bind", "overlay", "tmpfs"]
     Network = Literal["default", "none", "host"]
     FailureKind = Literal["idmap", "user", "setup"]
     StatusLine = Union["StepReport", "SetupFailure"]
 
 SPEC_VERSION = 1
+_ROOT_TYPES: dict[str, Literal["overlay", "bind"]] = {"overlay": "overlay", "bind": "bind"}
+_MOUNT_KINDS: dict[str, MountKind] = {"bind": "bind", "overlay": "overlay", "tmpfs": "tmpfs"}
+_NETWORKS: dict[str, Network] = {"default": "default", "none": "none", "host": "host"}
+_FAILURE_KINDS: dict[str, FailureKind] = {"idmap": "idmap", "user": "user", "setup": "setup"}
 
 
 class SpecError(ValueError):
@@ -63,11 +68,11 @@ def _dict(v: object, what: str) -> dict[str, object]:
     return v
 
 
-def _choice(d: dict[str, object], key: str, allowed: tuple[str, ...], what: str) -> str:
+def _choice(d: dict[str, object], key: str, allowed: dict[str, T], what: str) -> T:
     v = _str(d, key, what)
     if v not in allowed:
         raise SpecError(f"{what}: {key!r} must be one of {', '.join(allowed)}, not {v!r}")
-    return v
+    return allowed[v]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +88,7 @@ class RootFs:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> "RootFs":
         w = "rootfs"
-        if _choice(d, "type", ("overlay", "bind"), w) == "bind":
+        if _choice(d, "type", _ROOT_TYPES, w) == "bind":
             return cls(type="bind", path=_str(d, "path", w))
         return cls(type="overlay", lower=_strs(d, "lower", w), upper=_str(d, "upper", w), work=_str(d, "work", w))
 
@@ -107,8 +112,8 @@ class StepMount:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> "StepMount":
         w = "mount"
-        kind = _choice(d, "kind", ("bind", "overlay", "tmpfs"), w)
-        return cls(kind=kind, target=_str(d, "target", w), src=_str(d, "src", w),  # type: ignore[arg-type]
+        kind = _choice(d, "kind", _MOUNT_KINDS, w)
+        return cls(kind=kind, target=_str(d, "target", w), src=_str(d, "src", w),
                    readonly=_bool(d, "readonly", w), file=_bool(d, "file", w), lower=_strs(d, "lower", w),
                    upper=_str(d, "upper", w), work=_str(d, "work", w), size=_int(d, "size", w))
 
@@ -156,7 +161,7 @@ class StepSpec:
                    rootfs=RootFs.from_dict(_dict(d.get("rootfs"), "rootfs")),
                    args=_strs(d, "args", w), env=_strs(d, "env", w), cwd=_str(d, "cwd", w),
                    user=_str(d, "user", w),
-                   network=_choice(d, "network", ("default", "none", "host"), w),  # type: ignore[arg-type]
+                   network=_choice(d, "network", _NETWORKS, w),
                    mounts=tuple(StepMount.from_dict(_dict(m, "mount")) for m in mounts),
                    hostname=_str(d, "hostname", w), etc_hosts=_str(d, "etc_hosts", w),
                    etc_resolv_conf=_str(d, "etc_resolv_conf", w), idmap_size=_int(d, "idmap_size", w),
@@ -199,8 +204,8 @@ def parse_status_line(text: str | bytes) -> StatusLine:
     except json.JSONDecodeError as e:
         raise SpecError(f"status line: {e}") from None
     if "error" in d:
-        kind = _choice(d, "error", ("idmap", "user", "setup"), "status")
-        return SetupFailure(kind=kind, message=_str(d, "message", "status"))  # type: ignore[arg-type]
+        kind = _choice(d, "error", _FAILURE_KINDS, "status")
+        return SetupFailure(kind=kind, message=_str(d, "message", "status"))
     parents = _field(d, "parents", list, "status")
     assert isinstance(parents, list)
     return StepReport(stubs=_strs(d, "stubs", "status"), parents=tuple(_parent(p) for p in parents))
