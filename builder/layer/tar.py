@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Literal
 
 from builder.image.oci import Compression
+from builder.layer import inroot
 from builder.layer.compression import CHUNK, Compressor
 from builder.image.digest import Digest, DigestingWriter
 from builder.errors import IdMappingError, LayerError
@@ -70,34 +71,13 @@ def resolve_in_root(root: Path, rel: str | bytes, *, follow_final: bool = True) 
 
     ".." never climbs above root, absolute link targets restart at root, components that do not
     exist are kept as they are. With `follow_final=False` a final symlink is not followed.
-    Raises LayerError on symlink loops (> 40 hops)."""
-    rootb = os.fsencode(root)
-    pending = list(reversed(_split(rel)))
-    resolved: list[bytes] = []
-    hops = 0
-    while pending:
-        c = pending.pop()
-        if c == b"..":
-            if resolved:
-                resolved.pop()
-            continue
-        cand = rootb + b"/" + b"/".join(resolved + [c])
-        try:
-            st = os.lstat(cand)
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(c)
-            continue
-        if stat.S_ISLNK(st.st_mode) and (pending or follow_final):
-            hops += 1
-            if hops > 40:
-                raise LayerError(f"too many levels of symbolic links resolving {os.fsdecode(rel)!r}")
-            target = os.readlink(cand)
-            if target.startswith(b"/"):
-                resolved = []
-            pending.extend(reversed([c2 for c2 in target.split(b"/") if c2 not in (b"", b".")]))
-            continue
-        resolved.append(c)
-    return Path(os.fsdecode(rootb + b"/" + b"/".join(resolved))) if resolved else Path(root)
+    Raises LayerError on symlink loops (> 40 hops). (`builder.layer.inroot.resolve` does it.)"""
+    try:
+        return Path(inroot.resolve(root, rel, follow_final=follow_final, missing="keep"))
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise LayerError(f"too many levels of symbolic links resolving {os.fsdecode(rel)!r}") from None
 
 
 def lchown_mapped(path: Path | bytes, uid: int, gid: int, *, what: str = "") -> None:

@@ -17,18 +17,19 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Literal, Mapping
+from typing import IO, BinaryIO, Callable, Literal, Mapping
 
+from builder.errors import SandboxError
 from builder.image.oci import Compression
-from builder import errors
-
-from builder.sandbox import server as nsworker
-
-from builder.sandbox import userns
-from builder.errors import BuildCancelled, ExecError, SandboxError
 from builder.image.view import Chain, LayerRef, Source
+from builder.sandbox import protocol, userns
+from builder.sandbox.protocol import (Chunk, Config, Done, ExportRootfs, Failure, LayerResult, Ready, Reply,
+                                      Request, RunExec, RunFile, WireError)
 from builder.solve.ops import ExecOp, FileOp
+from builder.sandbox.executor import Executor
 from builder.store.content import ContentStore
+
+__all__ = ["SandboxOptions", "Worker", "nsinit_argv"]
 
 _PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
@@ -42,10 +43,9 @@ class SandboxOptions:
 
 
 def nsinit_argv() -> tuple[str, ...]:
-    """How the worker starts a step's init: the stdlib-only `builder/nsinit.py` imported as a
-    top-level module (skipping the package __init__), without site: fast start-up."""
-    here = str(Path(__file__).resolve().parent)
-    boot = f"import sys; sys.path.append({here!r}); from nsinit import main; main()"
+    """How the worker starts a step's init: `builder.sandbox.nsinit` (stdlib-only, like all it
+    imports) with the package parent on sys.path, without site: fast start-up."""
+    boot = f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); from builder.sandbox.nsinit import main; main()"
     return (sys.executable, "-S", "-E", "-c", boot)
 
 
@@ -55,12 +55,12 @@ def _worker_argv() -> tuple[str, ...]:
 
 
 class _Pending:
-    __slots__ = ("event", "value", "failure", "on_chunk")
+    __slots__ = ("event", "reply", "failure", "on_chunk")
 
     def __init__(self, on_chunk: Callable[[bytes], object] | None) -> None:
         self.event = threading.Event()
-        self.value: Any = None
-        self.failure: nsworker.Failure | None = None
+        self.reply: Reply | None = None
+        self.failure: WireError | None = None
         self.on_chunk = on_chunk
 
 
@@ -80,7 +80,7 @@ class Worker:
         self._pending: dict[int, _Pending] = {}
         self._plock = threading.Lock()
         self._next_id = 1
-        self._log: Any = None
+        self._log: IO[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._dead: str | None = None
 
@@ -98,10 +98,9 @@ class Worker:
         idmap, su, sg = userns.plan()
         cancel_r, self._cancel_w = os.pipe()
         self._log = tempfile.TemporaryFile()
-        env = dict(os.environ, PYBUILD_CANCEL_FD=str(cancel_r))
         try:
             self._proc = subprocess.Popen(_worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=self._log, pass_fds=(cancel_r,), env=env, bufsize=0,
+                                          stderr=self._log, pass_fds=(cancel_r,), bufsize=0,
                                           start_new_session=True)   # terminal ^C reaches us, not steps
         finally:
             os.close(cancel_r)
@@ -111,23 +110,24 @@ class Worker:
                 raise SandboxError(f"sandbox worker could not create a user namespace: {self._log_tail()}")
             userns.apply(self._proc.pid, idmap, su, sg)
             self._proc.stdin.write(b"M\n")
-            cfg = nsworker.Config(
+            cfg = Config(
                 root=str(root), store_root=str(self.store.root), snapshotter=self.options.snapshotter,
-                compression=self.options.compression, source_date_epoch=self.options.source_date_epoch,
-                idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv())
-            nsworker.write_frame(self._proc.stdin, cfg)
-            first = nsworker.read_frame(self._proc.stdout)
+                compression=Compression(self.options.compression), source_date_epoch=self.options.source_date_epoch,
+                idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv(),
+                cancel_fd=cancel_r)     # the same number in the worker (pass_fds)
+            protocol.write_message(self._proc.stdin, cfg)
+            first = protocol.read_from_worker(self._proc.stdout)
         except BaseException:
             self.close()
             raise
-        if isinstance(first, nsworker.Failure):
+        if isinstance(first, Failure):
             self.close()
-            raise _error(first)
-        if not isinstance(first, nsworker.Reply):
+            raise first.error.rebuild()
+        if not isinstance(first, Ready):
             tail = self._log_tail()
             self.close()
             raise SandboxError(f"sandbox worker failed to start: {tail}")
-        self.snapshotter_name = str(first.value)
+        self.snapshotter_name = first.snapshotter
         self._reader = threading.Thread(target=self._read_loop, name="pybuild-sandbox-reader", daemon=True)
         self._reader.start()
 
@@ -170,13 +170,14 @@ class Worker:
         """Run `op` over `base`; stream its stdout+stderr to `output`; return the new layer (its
         blob in the store, its snapshot installed) or None when the step changed nothing.
         Raises ExecError on a non-zero exit, IdMappingError when the user needs unmapped ids."""
-        return self._call("run_exec", dict(base=tuple(base), op=op, mount_sources=dict(mount_sources),
-                                           secrets=dict(secrets), stream=output is not None), output)
+        reply = self._call(lambda rid: RunExec(id=rid, base=tuple(base), op=op, mount_sources=dict(mount_sources),
+                                               secrets=dict(secrets), stream=output is not None), output)
+        return _layer(reply)
 
     def run_file(self, *, base: Chain, op: FileOp, sources: Mapping[int, Source]) -> LayerRef | None:
         """Apply a file op over `base` (sources: Copy.src → HostDir or ChainSource); the new layer
         or None when nothing changed."""
-        return self._call("run_file", dict(base=tuple(base), op=op, sources=dict(sources)), None)
+        return _layer(self._call(lambda rid: RunFile(id=rid, base=tuple(base), op=op, sources=dict(sources)), None))
 
     def export_rootfs(self, *, chain: Chain, dest_dir: Path | None = None, dest_tar: BinaryIO | None = None,
                       dest_tar_path: Path | None = None) -> None:
@@ -185,12 +186,14 @@ class Worker:
         not closed) or into the existing, empty file `dest_tar_path`, which the worker writes
         itself (no round trip through this process)."""
         sink: Callable[[bytes], object] | None = dest_tar.write if dest_tar is not None else None
-        self._call("export_rootfs", dict(chain=tuple(chain), dest_dir=str(dest_dir) if dest_dir is not None else None,
-                                         tar=dest_tar is not None,
-                                         tar_path=str(dest_tar_path) if dest_tar_path is not None else None), sink)
+        reply = self._call(lambda rid: ExportRootfs(
+            id=rid, chain=tuple(chain), dest_dir=str(dest_dir) if dest_dir is not None else None,
+            tar=dest_tar is not None, tar_path=str(dest_tar_path) if dest_tar_path is not None else None), sink)
+        if not isinstance(reply, Done):
+            raise protocol.ProtocolError(f"export_rootfs answered with a {type(reply).__name__}")
 
     # ------------------------------------------------------------------ plumbing
-    def _call(self, method: str, kwargs: dict[str, Any], on_chunk: Callable[[bytes], object] | None) -> Any:
+    def _call(self, make: Callable[[int], Request], on_chunk: Callable[[bytes], object] | None) -> Reply:
         p = self._proc
         if p is None or self._dead is not None:
             raise SandboxError(f"sandbox worker is not running{': ' + self._dead if self._dead else ''}")
@@ -202,15 +205,16 @@ class Worker:
         try:
             with self._send_lock:
                 assert p.stdin is not None
-                nsworker.write_frame(p.stdin, nsworker.Request(id=rid, method=method, kwargs=kwargs))
+                protocol.write_message(p.stdin, make(rid))
         except OSError as e:
             with self._plock:
                 self._pending.pop(rid, None)
             raise SandboxError(f"sandbox worker is gone: {e}") from e
         pend.event.wait()
         if pend.failure is not None:
-            raise _error(pend.failure)
-        return pend.value
+            raise pend.failure.rebuild()
+        assert pend.reply is not None
+        return pend.reply
 
     def _read_loop(self) -> None:
         p = self._proc
@@ -218,35 +222,39 @@ class Worker:
         out = p.stdout
         try:
             while True:
-                msg = nsworker.read_frame(out)
+                msg = protocol.read_from_worker(out)
                 if msg is None:
                     break
                 self._dispatch(msg)
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, EOFError, protocol.ProtocolError) as e:
             self._dead = f"protocol error: {e}"
         self._dead = self._dead or f"sandbox worker exited: {self._log_tail()}"
         with self._plock:
             pending, self._pending = self._pending, {}
         for pend in pending.values():
-            pend.failure = nsworker.Failure(id=0, kind="SandboxError", message=self._dead)
+            pend.failure = WireError(kind="SandboxError", message=self._dead, location=None, fields={})
             pend.event.set()
 
-    def _dispatch(self, msg: object) -> None:
-        if isinstance(msg, nsworker.Chunk):
+    def _dispatch(self, msg: protocol.WorkerMessage) -> None:
+        if isinstance(msg, Chunk):
             pend = self._pending.get(msg.id)
             if pend is not None and pend.on_chunk is not None:
                 pend.on_chunk(msg.data)
             return
-        if isinstance(msg, (nsworker.Reply, nsworker.Failure)):
-            with self._plock:
-                pend = self._pending.pop(msg.id, None)
-            if pend is None:
-                return
-            if isinstance(msg, nsworker.Reply):
-                pend.value = msg.value
-            else:
-                pend.failure = msg
-            pend.event.set()
+        if isinstance(msg, Ready):
+            return
+        if isinstance(msg, Failure) and msg.id == 0:      # the worker could not read a request
+            self._dead = str(msg.error.rebuild())
+            return
+        with self._plock:
+            pend = self._pending.pop(msg.id, None)
+        if pend is None:
+            return
+        if isinstance(msg, Failure):
+            pend.failure = msg.error
+        else:
+            pend.reply = msg
+        pend.event.set()
 
     def _log_tail(self) -> str:
         if self._log is None:
@@ -260,16 +268,12 @@ class Worker:
             return ""
 
 
-def _error(f: nsworker.Failure) -> errors.PybuildError:
-    """Rebuild the typed error a worker reported."""
-    if f.kind == "ExecError":
-        return ExecError(f.message, exit_code=f.exit_code, output_tail=f.output_tail)
-    if f.kind == "BuildCancelled":
-        return BuildCancelled(f.message)
-    cls = getattr(errors, f.kind, None)
-    if isinstance(cls, type) and issubclass(cls, errors.PybuildError):
-        try:
-            return cls(f.message)
-        except TypeError:
-            pass
-    return SandboxError(f.message)
+def _layer(reply: Reply) -> LayerRef | None:
+    if not isinstance(reply, LayerResult):
+        raise protocol.ProtocolError(f"expected a layer, the worker answered with a {type(reply).__name__}")
+    return reply.layer
+
+
+def as_executor(worker: Worker) -> Executor:
+    """A `Worker` is an `Executor` (mypy checks the structure here)."""
+    return worker

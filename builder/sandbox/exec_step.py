@@ -1,0 +1,145 @@
+"""RUN steps in the worker: `run_exec` prepares a writable snapshot, sets up the step's mounts,
+starts the step's init (`builder.sandbox.nsinit`) with a `StepSpec`, streams its output, turns
+its exit and status report into the typed errors, and commits the layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from dataclasses import dataclass, replace
+
+from builder.errors import BuildCancelled, ExecError, IdMappingError, SandboxError
+from builder.image.view import LayerRef
+from builder.sandbox.commit import finish_layer, relink_copied_up, remove_stubs
+from builder.sandbox.context import StepContext
+from builder.sandbox.mounts import MountEnv, exec_mounts
+from builder.sandbox.protocol import Chunk, RunExec
+from builder.sandbox.spec import RootFs, SetupFailure, SpecError, StepReport, StepSpec, parse_status_line
+from builder.sandbox.userns import how_to_add_range
+from builder.sandbox.views import step_dir
+from builder.store.snapshot import Active
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TAIL_LINES = 20
+SETUP_FAILED = 125       # nsinit's exit status after a setup error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Outcome:
+    """What a finished init left: its exit code, the tail of its output, its status lines."""
+    code: int
+    tail: bytes
+    lines: tuple[bytes, ...]
+
+
+def run_exec(ctx: StepContext, req: RunExec) -> LayerRef | None:
+    """Run `req.op` over `req.base`; the new layer, or None when the step changed nothing."""
+    active = ctx.snap.prepare(req.base)
+    overlay = active.rootfs.type == "overlay"
+    try:
+        with contextlib.ExitStack() as stack:
+            sd = step_dir(ctx, stack)
+            spec = _step_spec(ctx, req, active, MountEnv(ctx=ctx, sources=req.mount_sources,
+                                                          secrets=req.secrets, sd=sd, stack=stack))
+            report = _check(ctx, req, _spawn(ctx, req.id, spec, stream=req.stream))
+        remove_stubs(active, report, overlay=overlay)
+        if overlay:
+            relink_copied_up(active)
+        return finish_layer(ctx, active)
+    except BaseException:
+        ctx.snap.abort(active)
+        raise
+
+
+def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -> StepSpec:
+    op = req.op
+    mounts, env_extra = exec_mounts(menv, op.mounts)
+    (menv.sd / "r").mkdir()
+    env = list(op.env)
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, DEFAULT_PATH)
+    rf = active.rootfs
+    return StepSpec(mountpoint=str(menv.sd / "r"),
+                    rootfs=RootFs(type=rf.type, lower=tuple(rf.lower), upper=rf.upper, work=rf.work, path=rf.path),
+                    args=tuple(op.args), env=tuple(env + env_extra), cwd=op.cwd or "/", user=op.user,
+                    network=op.network, mounts=tuple(mounts), hostname="buildkitsandbox",
+                    etc_hosts=str(ctx.tmp / "hosts"), etc_resolv_conf=str(ctx.tmp / "resolv.conf"),
+                    idmap_size=ctx.cfg.idmap_size, setgroups=ctx.cfg.setgroups, status_fd=-1)
+
+
+def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outcome:
+    """Run one step's init with `spec`; stream its output as Chunks of request `rid`."""
+    r_out, w_out = os.pipe()
+    r_st, w_st = os.pipe()
+    try:
+        p = subprocess.Popen(list(ctx.cfg.nsinit_argv), stdin=subprocess.PIPE, stdout=w_out, stderr=w_out,
+                             pass_fds=(w_st,), close_fds=True)
+    except BaseException:
+        for fd in (r_out, r_st):
+            os.close(fd)
+        raise
+    finally:
+        os.close(w_out)
+        os.close(w_st)
+    ctx.track(rid, p)
+    try:
+        assert p.stdin is not None
+        p.stdin.write(replace(spec, status_fd=w_st).to_json().encode())
+        p.stdin.close()
+        tail = _pump(ctx, rid, r_out, stream)
+        code = p.wait()
+        with os.fdopen(r_st, "rb") as f:
+            r_st = -1
+            lines = tuple(x for x in f.read().splitlines() if x.strip())
+    finally:
+        ctx.track(rid, None)
+        os.close(r_out)
+        if r_st >= 0:
+            os.close(r_st)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return _Outcome(code=code, tail=tail, lines=lines)
+
+
+def _pump(ctx: StepContext, rid: int, fd: int, stream: bool) -> bytes:
+    """Read the step's output to EOF (sent on when `stream`); its last 32-64 KiB."""
+    tail = bytearray()
+    while True:
+        b = os.read(fd, 65536)
+        if not b:
+            return bytes(tail)
+        if stream:
+            ctx.send(Chunk(id=rid, data=b))
+        tail += b
+        if len(tail) > 65536:
+            del tail[:-32768]
+
+
+def _check(ctx: StepContext, req: RunExec, out: _Outcome) -> StepReport:
+    """The step's report, or the typed error of its failure."""
+    if ctx.cancelled:
+        raise BuildCancelled("build cancelled")
+    report: StepReport | None = None
+    for ln in out.lines:
+        try:
+            status = parse_status_line(ln)
+        except SpecError as e:
+            raise SandboxError(f"cannot set up the RUN sandbox: {e}") from None
+        if isinstance(status, SetupFailure):
+            if status.kind == "idmap":
+                raise IdMappingError(f"{status.message}: {how_to_add_range(ctx.cfg.user)}")
+            if status.kind == "user":
+                raise SandboxError(status.message)
+            raise SandboxError(f"cannot set up the RUN sandbox: {status.message}")
+        report = status
+    text = out.tail.decode("utf-8", "replace")
+    if report is None and out.code == SETUP_FAILED:
+        raise SandboxError(f"cannot set up the RUN sandbox: {text.strip()}")
+    if out.code != 0:
+        out_tail = "\n".join(text.splitlines()[-TAIL_LINES:])
+        cmd = " ".join(req.op.args)
+        raise ExecError(f"process \"{cmd}\" did not complete successfully: exit code: {out.code}",
+                        exit_code=out.code, output_tail=out_tail)
+    return report or StepReport()
