@@ -6,13 +6,12 @@ frontend parses the Dockerfile and resolves its images; the solver runs the grap
 per op type; the exporters write every output from the one solved image."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from builder.pipeline.env import BuildEnv
 from builder.pipeline.lazyworker import LazyWorker
 from builder.pipeline.validate import BuildPlan, check_request
 from builder.errors import PybuildError
-from builder.image.digest import Digest
 from builder.image.oci import Compression
 from builder.request import BuildRequest, BuildResult, OutputSpec
 from builder.sandbox.client import SandboxOptions, Worker
@@ -43,7 +42,7 @@ def _build(plan: BuildPlan, request: BuildRequest, env: BuildEnv, worker: LazyWo
     from builder.solve.results import RootfsResult
     resolver = SourceResolver(store=env.store, registry=env.registry, pull=request.pull)
     graph = _graph(plan, request, resolver)
-    solved = solve_graph(env, graph, plan, resolver.resolved(), worker, _fetcher(env))
+    solved = solve_graph(env, graph, plan, resolver.resolved(), worker, env.http().download)
     result = solved.result
     if not isinstance(result, RootfsResult):
         raise PybuildError("the build target is not a root filesystem")
@@ -80,24 +79,3 @@ def _worker(env: BuildEnv, req: BuildRequest) -> Worker:
     comp = next((o.compression for o in req.outputs if o.type == "oci"), Compression.UNCOMPRESSED)
     return Worker(env.store, SandboxOptions(root=env.root, snapshotter=req.snapshotter, compression=comp,
                                             source_date_epoch=req.source_date_epoch))
-
-
-def _fetcher(env: BuildEnv):  # type: ignore[no-untyped-def]
-    def fetch(url: str, sink: BinaryIO) -> tuple[Digest, int]:
-        import hashlib
-        import requests
-        from builder.errors import SourceError
-        h = hashlib.sha256()
-        n = 0
-        try:
-            with requests.get(url, stream=True, timeout=60) as resp:
-                if resp.status_code != 200:
-                    raise SourceError(f"{url}: HTTP {resp.status_code}")
-                for chunk in resp.iter_content(1 << 20):
-                    h.update(chunk)
-                    n += len(chunk)
-                    sink.write(chunk)
-        except requests.RequestException as e:
-            raise SourceError(f"{url}: {e}") from e
-        return Digest("sha256", h.hexdigest()), n
-    return fetch

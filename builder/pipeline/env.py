@@ -17,6 +17,7 @@ from builder.store.root import prepare_root
 
 if TYPE_CHECKING:     # requests loads only when a registry is used
     from builder.registry.client import RegistryClient
+    from builder.registry.http import HttpClient
 
 
 def default_root() -> Path:
@@ -37,6 +38,7 @@ class BuildEnv:
         self.tmp = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"build-{os.getpid()}-"))
         self.stack = contextlib.ExitStack()
         self._client: RegistryClient | None = None
+        self._http: HttpClient | None = None
 
     def __enter__(self) -> "BuildEnv":
         return self
@@ -46,6 +48,16 @@ class BuildEnv:
             self.stack.close()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def http(self) -> HttpClient:
+        """The hardened HTTP client for ADD <url> (caps, retries, redirect rules)."""
+        if self._http is None:
+            import requests
+            from builder.registry.http import HttpClient
+            session = requests.Session()
+            self.stack.callback(session.close)
+            self._http = HttpClient(session, insecure_hosts=tuple(self.req.insecure_registries))
+        return self._http
 
     def registry(self) -> RegistryClient:
         """The registry client of this build (one HTTP session, credentials from docker config)."""

@@ -9,23 +9,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from builder.errors import RegistryError, SourceError
+from builder.errors import SourceError
 from builder.image.digest import Digest
 from builder.image.oci import Platform
 from builder.image.reference import Reference
-from builder.image.view import Chain, LayerRef, ResolvedImage
+from builder.image.view import Chain, ResolvedImage
 from builder.registry.client import RegistryClient
 from builder.registry.pull import PulledImage, load_from_store, load_oci_layout, pull_image
 from builder.store.content import ContentStore
-
-
-def chain_of(pulled: PulledImage) -> Chain:
-    """The image's layers with their diff_ids; RegistryError when the counts disagree."""
-    layers = pulled.manifest.layers
-    diff_ids = pulled.config.diff_ids
-    if len(layers) != len(diff_ids):
-        raise RegistryError(f"{pulled.ref}: {len(layers)} layers but {len(diff_ids)} diff_ids")
-    return tuple(LayerRef(descriptor=d, diff_id=i) for d, i in zip(layers, diff_ids))
 
 
 class SourceResolver:
@@ -39,7 +30,7 @@ class SourceResolver:
         self._lock = threading.Lock()
 
     def _keep(self, pulled: PulledImage) -> Digest:
-        chain = chain_of(pulled)
+        chain = pulled.chain()
         digest = pulled.manifest_descriptor.digest
         with self._lock:
             self._chains[digest] = chain
