@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:     # typing stays out of the step init's start-up (it imports this package)
+    from typing import Any
 
 __all__ = ["build", "BuildRequest", "BuildResult", "OutputSpec", "PybuildError", "DockerfileError", "ExecError"]
 

@@ -5,7 +5,7 @@
   compressing and hashing in one streaming pass (diff_id of the tar, digest/size of what reaches
   the sink); codecs are pinned in builder.layer.compression.
 - `resolve_in_root` / `remove_path`: path handling that never leaves a root (also used by
-  builder.layer.apply and builder.sandbox.fileop).
+  builder.layer.apply, builder.layer.sources and the sandbox's copy code).
 
 Paths in `Change` are relative to the root, "/"-separated, without a leading "/", and keep the
 exact bytes of names through `os.fsdecode` (surrogateescape).

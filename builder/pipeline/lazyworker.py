@@ -41,6 +41,12 @@ class LazyWorker:
                 pass
         threading.Thread(target=start, name="worker-prestart", daemon=True).start()
 
+    @property
+    def snapshotter_name(self) -> str:
+        """"overlay" or "native" once the worker runs; "" before."""
+        w = self._worker
+        return w.snapshotter_name if w is not None else ""
+
     def run_exec(self, *, base: Chain, op: ExecOp, mount_sources: Mapping[int, Source],
                  secrets: Mapping[str, bytes], output: Callable[[bytes], None] | None = None) -> LayerRef | None:
         return self._get().run_exec(base=base, op=op, mount_sources=mount_sources, secrets=secrets, output=output)

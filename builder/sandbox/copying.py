@@ -19,7 +19,7 @@ from builder.layer.compression import detect_compression, open_uncompressed
 from builder.layer.pathmatch import PathMatcher
 from builder.layer.tar import _SKIP_XATTR_PREFIXES, CHUNK, remove_path, resolve_in_root
 from builder.sandbox.dest import lchown, mkdir_all, resolve_chown
-from builder.sandbox.sources import SourceDir, SourceMatch, has_wildcards, join, relto, resolve_sources
+from builder.layer.sources import SourceDir, SourceMatch, has_wildcards, join, relto, resolve_sources
 from builder.solve import ops
 
 

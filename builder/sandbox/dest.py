@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder.errors import SourceError
 from builder.layer.tar import lchown_mapped, resolve_in_root
-from builder.sandbox.sources import relto
+from builder.layer.sources import relto
 from builder.sandbox.users import read_group, read_passwd, resolve_owner
 from builder.solve import ops
 

@@ -34,7 +34,7 @@ from builder.errors import SourceError
 from builder.layer.tar import remove_path, resolve_in_root
 from builder.sandbox.copying import copy_action
 from builder.sandbox.dest import lchown, mkdir_all, resolve_chown
-from builder.sandbox.sources import SourceDir, SourceMatch, has_wildcards, resolve_sources
+from builder.layer.sources import SourceDir, SourceMatch, has_wildcards, resolve_sources
 from builder.solve import ops
 
 __all__ = ["SourceDir", "SourceMatch", "apply_file_op", "resolve_sources", "resolve_chown",

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from builder.image.digest import Digest
 from builder.errors import SourceError
-from builder.sandbox.fileop import has_wildcards, resolve_sources
+from builder.layer.sources import has_wildcards, resolve_sources
 from builder.layer.tar import CHUNK
 from builder.layer.pathmatch import PathMatcher
 from builder.store.content import atomic_write, file_lock
