@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
+from builder.sandbox.initpool import StartedInit
 from builder.sandbox.protocol import Chunk, Config
 from builder.sandbox.userns import IdMap
 from builder.store.content import ContentStore
@@ -40,6 +41,10 @@ class StepContext(Protocol):
 
     def send(self, msg: Chunk) -> None:
         """Send output of request `msg.id` to the parent."""
+        ...
+
+    def start_init(self) -> StartedInit:
+        """A started step init, waiting for its spec (builder.sandbox.initpool)."""
         ...
 
     def track(self, rid: int, proc: "subprocess.Popen[bytes] | None") -> None:

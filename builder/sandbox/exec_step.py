@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from dataclasses import dataclass, replace
 
 from builder.errors import BuildCancelled, ExecError, IdMappingError, SandboxError
@@ -70,22 +69,12 @@ def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -
 
 def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outcome:
     """Run one step's init with `spec`; stream its output as Chunks of request `rid`."""
-    r_out, w_out = os.pipe()
-    r_st, w_st = os.pipe()
-    try:
-        p = subprocess.Popen(list(ctx.cfg.nsinit_argv), stdin=subprocess.PIPE, stdout=w_out, stderr=w_out,
-                             pass_fds=(w_st,), close_fds=True)
-    except BaseException:
-        for fd in (r_out, r_st):
-            os.close(fd)
-        raise
-    finally:
-        os.close(w_out)
-        os.close(w_st)
+    init = ctx.start_init()
+    p, r_out, r_st = init.proc, init.out_r, init.status_r
     ctx.track(rid, p)
     try:
         assert p.stdin is not None
-        p.stdin.write(replace(spec, status_fd=w_st).to_json().encode())
+        p.stdin.write(replace(spec, status_fd=init.child_status_fd).to_json().encode())
         p.stdin.close()
         tail = _pump(ctx, rid, r_out, stream)
         code = p.wait()

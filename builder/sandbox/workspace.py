@@ -15,6 +15,7 @@ from typing import Callable
 
 from builder.errors import SandboxError
 from builder.sandbox import linux
+from builder.sandbox.initpool import InitPool, StartedInit
 from builder.sandbox.protocol import Config, WorkerMessage
 from builder.sandbox.userns import IdMap
 from builder.store.content import ContentStore
@@ -44,6 +45,7 @@ class Workspace:
         linux.mount("tmpfs", str(self.secrets), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
         self._write_etc()
         self.snap: Snapshotter = make_snapshotter(self._snapshotter_kind(), self.root, self.store)
+        self._inits = InitPool(cfg.nsinit_argv)
 
     def _snapshotter_kind(self) -> str:
         kind, root = self.cfg.snapshotter, self.cfg.root
@@ -97,6 +99,9 @@ class Workspace:
     def send(self, msg: WorkerMessage) -> None:
         self._send(msg)
 
+    def start_init(self) -> StartedInit:
+        return self._inits.take()
+
     def track(self, rid: int, proc: "subprocess.Popen[bytes] | None") -> None:
         with self._lock:
             if proc is None:
@@ -119,6 +124,7 @@ class Workspace:
                 pass
 
     def close(self) -> None:
+        self._inits.close()
         try:
             linux.umount(str(self.secrets), linux.MNT_DETACH)
         except OSError:
