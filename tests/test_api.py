@@ -28,3 +28,22 @@ def test_library_build_returns_digests(tmp_path, base_layout):
     assert str(res.config_digest) == img["manifest"]["config"]["digest"]
     assert res.descriptor.digest == res.digest
     assert events, "progress events are delivered to the sink"
+
+
+def test_a_bad_request_is_refused_before_anything_is_created(tmp_path):
+    """Checked first: no store, no temp dir, no sandbox worker for a request that cannot build."""
+    import pytest
+    from builder.errors import UsageError
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    bad = [dict(context=tmp_path / "missing"),
+           dict(context=ctx, tags=("Not A Tag",)),
+           dict(context=ctx, dockerfile=ctx / "nope"),
+           dict(context=ctx, build_contexts={"x": "ftp://host/x"}),
+           dict(context=ctx, outputs=(builder.OutputSpec(type="tar", dest="-"),))]
+    for kw in bad:
+        root = tmp_path / "root"
+        with pytest.raises(UsageError):
+            builder.build(builder.BuildRequest(root=root, **kw))
+        assert not root.exists(), kw
