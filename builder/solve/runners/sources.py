@@ -23,26 +23,27 @@ def source_key(v: Vertex, content: str = "") -> CacheKey:
     return CacheKey.of(f"{op_digest(v.op.op_json())}{content}".encode())
 
 
-class ScratchRunner:
+class _SourceRunner:
+    """Sources are not kept in the cache index (no cache map); quiet unless `announce`."""
+
     announce = False
 
     def cache_map(self, v: Vertex, inputs: Sequence[Result]) -> None:
         return None
 
+
+class ScratchRunner(_SourceRunner):
     def run(self, v: Vertex, inputs: Sequence[Result], key: CacheKey | None) -> Result:
         return RootfsResult(key=source_key(v), chain=())
 
 
-class ImageRunner:
+class ImageRunner(_SourceRunner):
     """Images (registry, store or OCI layout) by manifest digest, as the resolver left them."""
 
     announce = True
 
     def __init__(self, resolved: Mapping[Digest, Chain]) -> None:
         self._resolved = resolved
-
-    def cache_map(self, v: Vertex, inputs: Sequence[Result]) -> None:
-        return None
 
     def run(self, v: Vertex, inputs: Sequence[Result], key: CacheKey | None) -> Result:
         if not isinstance(v.op, (ImageSource, OCILayoutSource)):
@@ -53,16 +54,11 @@ class ImageRunner:
         return RootfsResult(key=source_key(v), chain=chain)
 
 
-class LocalRunner:
+class LocalRunner(_SourceRunner):
     """The build context and named local contexts: the directory paths are bound per build."""
-
-    announce = False
 
     def __init__(self, contexts: Mapping[str, Path]) -> None:
         self._contexts = contexts
-
-    def cache_map(self, v: Vertex, inputs: Sequence[Result]) -> None:
-        return None
 
     def run(self, v: Vertex, inputs: Sequence[Result], key: CacheKey | None) -> Result:
         if not isinstance(v.op, LocalSource):
@@ -73,16 +69,11 @@ class LocalRunner:
         return DirResult(key=source_key(v), dir=HostDir(path=path, excludes=v.op.excludes))
 
 
-class InlineRunner:
+class InlineRunner(_SourceRunner):
     """Heredoc files, written into a fresh directory under `tmp`."""
-
-    announce = False
 
     def __init__(self, tmp: Path) -> None:
         self._tmp = tmp
-
-    def cache_map(self, v: Vertex, inputs: Sequence[Result]) -> None:
-        return None
 
     def run(self, v: Vertex, inputs: Sequence[Result], key: CacheKey | None) -> Result:
         if not isinstance(v.op, InlineSource):
@@ -95,7 +86,7 @@ class InlineRunner:
         return DirResult(key=source_key(v), dir=HostDir(path=d))
 
 
-class HTTPRunner:
+class HTTPRunner(_SourceRunner):
     """ADD <url>: fetched through the one hardened HTTP client into a fresh directory; the key
     includes the content's digest, and `--checksum` is verified."""
 
@@ -104,9 +95,6 @@ class HTTPRunner:
     def __init__(self, tmp: Path, fetch: Fetch) -> None:
         self._tmp = tmp
         self._fetch = fetch
-
-    def cache_map(self, v: Vertex, inputs: Sequence[Result]) -> None:
-        return None
 
     def run(self, v: Vertex, inputs: Sequence[Result], key: CacheKey | None) -> Result:
         op = v.op
