@@ -42,7 +42,7 @@ def _build(plan: BuildPlan, request: BuildRequest, env: BuildEnv, worker: LazyWo
     from builder.solve.results import RootfsResult
     resolver = SourceResolver(store=env.store, registry=env.registry, pull=request.pull)
     graph = _graph(plan, request, resolver)
-    solved = solve_graph(env, graph, plan, resolver.resolved(), worker, env.http().download)
+    solved = solve_graph(env, graph, plan, resolver.resolved(), worker, env.download)
     result = solved.result
     if not isinstance(result, RootfsResult):
         raise PybuildError("the build target is not a root filesystem")

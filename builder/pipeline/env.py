@@ -8,8 +8,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
+from builder.image.digest import Digest
 from builder.request import BuildRequest
 from builder.solve.cache import CacheIndex
 from builder.store.content import ContentStore, remove_stale
@@ -58,6 +59,10 @@ class BuildEnv:
             self.stack.callback(session.close)
             self._http = HttpClient(session, insecure_hosts=tuple(self.req.insecure_registries))
         return self._http
+
+    def download(self, url: str, sink: BinaryIO) -> tuple[Digest, int]:
+        """ADD <url> through `http()` (created, and requests imported, only when first used)."""
+        return self.http().download(url, sink)
 
     def registry(self) -> RegistryClient:
         """The registry client of this build (one HTTP session, credentials from docker config)."""

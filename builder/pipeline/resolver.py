@@ -7,16 +7,18 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from builder.errors import SourceError
 from builder.image.digest import Digest
 from builder.image.oci import Platform
 from builder.image.reference import Reference
 from builder.image.view import Chain, ResolvedImage
-from builder.registry.client import RegistryClient
 from builder.registry.pull import PulledImage, load_from_store, load_oci_layout, pull_image
 from builder.store.content import ContentStore
+
+if TYPE_CHECKING:     # requests loads only when a registry is used
+    from builder.registry.client import RegistryClient
 
 
 class SourceResolver:

@@ -60,6 +60,10 @@ class InitPool:
         self._spare: StartedInit | None = None
         self._closed = False
 
+    def prime(self) -> None:
+        """Start the first spare in the background (the first step then finds it warm)."""
+        threading.Thread(target=self._refill, name="init-spare", daemon=True).start()
+
     def take(self) -> StartedInit:
         """A started init: the spare when there is a live one, else a new one; either way the
         next spare starts in the background."""

@@ -46,6 +46,7 @@ class Workspace:
         self._write_etc()
         self.snap: Snapshotter = make_snapshotter(self._snapshotter_kind(), self.root, self.store)
         self._inits = InitPool(cfg.nsinit_argv)
+        self._inits.prime()
 
     def _snapshotter_kind(self) -> str:
         kind, root = self.cfg.snapshotter, self.cfg.root
