@@ -273,7 +273,7 @@ def test_target_selection() -> None:
 
 @pytest.mark.parametrize("text,line,fragment", [
     ("RUN echo\n", 1, "no build stage"),
-    ("# only a comment\n", None, "no build stage"),
+    ("# only a comment\n", None, "file with no instructions"),
     ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "stage: a"),
     ("FROM busybox AS a\nCOPY --from=a /x /\n", 2, "circular dependency"),
     ("FROM busybox\nRUN --mount=type=nope,target=/x y\n", 2, "mount type"),
@@ -302,12 +302,22 @@ def test_errors_raised_before_anything_is_resolved() -> None:
     assert res.calls == []
 
 
-def test_exec_form_ignores_text_after_the_json_array() -> None:
-    """BuildKit 20.10 decodes the first JSON value and ignores the rest (json-trailing-text)."""
+def test_exec_form_followed_by_text_is_shell_form() -> None:
+    """dockerfile 1.19 reads the whole argument text as JSON: a JSON array followed by more text
+    is shell form (20.10 decoded the first JSON value and ignored the rest)."""
     g = conv('FROM busybox\nRUN ["touch", "/x"] && touch /y\nCMD ["echo", "a"] trailing\n')
     (run,) = execs(g)
-    assert run.args == ("touch", "/x")
-    assert g.target.config.config.cmd == ("echo", "a")
+    assert run.args == ("/bin/sh", "-c", '["touch", "/x"] && touch /y')
+    assert g.target.config.config.cmd == ("/bin/sh", "-c", '["echo", "a"] trailing')
+
+
+@pytest.mark.parametrize("text", ['CMD ["a", 42]\n', 'RUN ["a", ["b"]]\n', 'ENTRYPOINT [null]\n',
+                                  'SHELL ["sh", true]\n', 'VOLUME ["/a", 1]\n', 'COPY ["a", 2]\n',
+                                  'HEALTHCHECK CMD ["a", 1.5]\n'])
+def test_json_array_of_non_strings_is_refused(text: str) -> None:
+    with pytest.raises(DockerfileError) as e:
+        conv("FROM busybox\n" + text)
+    assert e.value.line == 2 and "only strings" in e.value.message
 
 
 @pytest.mark.parametrize("src", ["https://github.com/moby/buildkit.git#v0.10.1", "git@github.com:moby/buildkit.git",
