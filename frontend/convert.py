@@ -76,18 +76,22 @@ class _Converter:
         self._context: Vertex | None = None
         self._images: dict[tuple[str, str], Vertex] = {}
         self._active: set[int] = set()
+        self._current: list[int] = []      # stages being converted, innermost last
         self.meta = self._meta_args()
 
     # ------------------------------------------------------------ global ARGs
     def _meta_args(self) -> dict[str, str | None]:
-        meta: dict[str, str | None] = dict(predefined_args(self.opts))
+        """The global ARGs. A value-less global ARG of an automatic platform arg
+        (`ARG TARGETPLATFORM`) keeps the automatic value (dockerfile 1.19; 20.10 emptied it)."""
+        predefined = predefined_args(self.opts)
+        meta: dict[str, str | None] = dict(predefined)
         for arg in self.stages.meta_args:
             for key, default in arg.pairs:
                 if key in self.opts.build_args:
                     meta[key] = self.opts.build_args[key]
                 elif default is not None:
                     meta[key] = self._expand_with(meta, arg, default)
-                else:
+                elif key not in predefined:
                     meta[key] = None
         return meta
 
@@ -150,7 +154,8 @@ class _Converter:
         written: BuildKit expands no ARG there (`--from=$STAGE` is an invalid image reference)."""
         if ref in self.opts.named_contexts:
             return self._named(ref, st.platform, ins).vertex
-        stage = self.stages.lookup(ref)
+        before = self._current[-1] + 1 if self._current else None     # a stage above (or this one)
+        stage = self.stages.lookup(ref, before=before)
         if stage is not None:
             return self.convert_stage(stage).vertex
         key = (ref, str(st.platform))
@@ -169,7 +174,7 @@ class _Converter:
         ref = self._expand_meta(f, f.image)
         if ref in self.opts.named_contexts:
             return self._named(ref, platform, f)
-        parent = self.stages.lookup(ref, before=stage.index)
+        parent = self.stages.lookup(ref, before=stage.index, exact=True)
         if parent is not None:
             r = self.convert_stage(parent)
             return _Base(vertex=r.vertex, config=r.config, platform=r.platform, history=r.history,
@@ -191,6 +196,7 @@ class _Converter:
             raise DockerfileError(f"circular dependency detected on stage: {stage.label}",
                                   filename=self.opts.filename, line=stage.from_.line)
         self._active.add(stage.index)
+        self._current.append(stage.index)
         base = self._base(stage)
         last = stage.index == len(self.stages.stages) - 1
         st = StageState(filename=self.opts.filename, label="" if (last and not stage.name) else stage.label,
@@ -208,6 +214,7 @@ class _Converter:
         result = result_of(st)
         self.results[stage.index] = result
         self._active.discard(stage.index)
+        self._current.pop()
         return result
 
     def _onbuild(self, st: StageState, stage: Stage) -> None:

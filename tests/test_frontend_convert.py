@@ -73,9 +73,27 @@ def test_predefined_platform_args() -> None:
     (run,) = execs(g)
     env = dict(e.split("=", 1) for e in run.env)
     assert (env["TARGETARCH"], env["TARGETVARIANT"], env["BUILDARCH"]) == ("arm64", "v8", "amd64")
-    assert "TARGETPLATFORM" not in env                  # the global ARG without value hides it
+    assert env["TARGETPLATFORM"] == "linux/arm64/v8"    # a value-less global ARG keeps the automatic value
     src = chain(g.target.vertex)[0].op
     assert src.platform == AMD64                         # --platform=$BUILDPLATFORM
+
+
+def test_valueless_global_platform_arg_keeps_automatic_value() -> None:
+    """dockerfile 1.19 (public case predefined-platform-args): `ARG TARGETPLATFORM` before FROM
+    without a value keeps linux/amd64; an ordinary value-less global ARG stays unset."""
+    g = conv("ARG TARGETPLATFORM\nARG BUILDOS\nARG OTHER\nFROM busybox\nARG TARGETPLATFORM\nARG BUILDOS\n"
+             "ARG OTHER\nRUN x\n")
+    env = dict(e.split("=", 1) for e in execs(g)[0].env)
+    assert (env["TARGETPLATFORM"], env["BUILDOS"]) == ("linux/amd64", "linux")
+    assert "OTHER" not in env
+
+
+def test_copy_from_takes_the_last_stage_above() -> None:
+    """With duplicate names, --from takes the last stage of that name above it; one below is
+    not seen (and alone would be an error)."""
+    g = conv("FROM busybox AS x\nRUN one\nFROM busybox AS y\nCOPY --from=x /a /\nFROM busybox AS x\nRUN two\n",
+             target="y")
+    assert [r.args[-1] for r in execs(g)] == ["one"]
 
 
 def test_proxy_build_args_reach_run_only() -> None:
@@ -274,7 +292,10 @@ def test_target_selection() -> None:
 @pytest.mark.parametrize("text,line,fragment", [
     ("RUN echo\n", 1, "no build stage"),
     ("# only a comment\n", None, "file with no instructions"),
-    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "stage: a"),
+    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined after"),
+    ("FROM busybox AS a\nRUN --mount=from=b,target=/m x\nFROM busybox AS b\nCOPY --from=a /y /\n", 2,
+     "defined after"),
+    ("FROM busybox AS a\nCOPY --from=1 /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined after"),
     ("FROM busybox AS a\nCOPY --from=a /x /\n", 2, "circular dependency"),
     ("FROM busybox\nRUN --mount=type=nope,target=/x y\n", 2, "mount type"),
     ("FROM busybox\nRUN --mount=type=cache y\n", 2, "target"),
