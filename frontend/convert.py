@@ -56,6 +56,12 @@ def predefined_args(opts: FrontendOptions) -> dict[str, str]:
             "BUILDPLATFORM": str(b), "BUILDOS": b.os, "BUILDARCH": b.architecture, "BUILDVARIANT": b.variant}
 
 
+_KNOWN_OS = frozenset({"linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos",
+                       "aix", "android", "dragonfly", "ios", "plan9", "js", "wasip1"})
+_KNOWN_ARCH = frozenset({"amd64", "386", "arm", "arm64", "ppc64le", "ppc64", "s390x", "riscv64", "mips64le",
+                         "mips64", "mipsle", "mips", "loong64", "wasm"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Base:
     vertex: Vertex
@@ -168,7 +174,7 @@ class _Converter:
         platform = self.opts.platform
         if f.platform:
             try:
-                platform = Platform.parse(self._expand_meta(f, f.platform))
+                platform = self._platform(self._expand_meta(f, f.platform))
             except ValueError as e:
                 raise DockerfileError(str(e), filename=self.opts.filename, line=f.line) from e
         ref = self._expand_meta(f, f.image)
@@ -187,6 +193,17 @@ class _Converter:
         v, res = self._image(ref, platform, f)
         return _Base(vertex=v, config=res.config.config, platform=res.config.platform or platform,
                      base_history=res.config.history, author=res.config.author)
+
+    def _platform(self, text: str) -> Platform:
+        """A `--platform` value. A lone OS (`linux`) or architecture (`arm64`) takes the rest
+        from the build platform, as containerd's platform parser (BuildKit's) does."""
+        if "/" not in text:
+            b = self.opts.build_platform
+            if text.lower() in _KNOWN_OS:
+                return Platform(os=text.lower(), architecture=b.architecture, variant=b.variant)
+            if text.lower() in _KNOWN_ARCH:
+                return Platform.parse(f"{b.os}/{text.lower()}")
+        return Platform.parse(text)
 
     # ------------------------------------------------------------ stages
     def convert_stage(self, stage: Stage) -> StageResult:

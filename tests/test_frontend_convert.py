@@ -16,7 +16,8 @@ AMD64 = Platform(os="linux", architecture="amd64")
 
 def conv(text: str, **kw) -> BuildGraph:  # type: ignore[no-untyped-def]
     kw.setdefault("resolver", FakeResolver())
-    return convert(text, FrontendOptions(platform=kw.pop("platform", AMD64), build_platform=AMD64, **kw))
+    return convert(text, FrontendOptions(platform=kw.pop("platform", AMD64), build_platform=kw.pop("build_platform", AMD64),
+                                         **kw))
 
 
 def execs(g: BuildGraph) -> list[ExecOp]:
@@ -94,6 +95,33 @@ def test_copy_from_takes_the_last_stage_above() -> None:
     g = conv("FROM busybox AS x\nRUN one\nFROM busybox AS y\nCOPY --from=x /a /\nFROM busybox AS x\nRUN two\n",
              target="y")
     assert [r.args[-1] for r in execs(g)] == ["one"]
+
+
+def test_expose_with_host_port_keeps_the_container_port() -> None:
+    g = conv("FROM busybox\nEXPOSE 8080:80 127.0.0.1:53:53/udp 9000\n")
+    assert g.target.config.config.exposed_ports == ("53/udp", "80/tcp", "9000/tcp")
+
+
+@pytest.mark.parametrize("flag,want", [("linux", "linux/arm64/v8"), ("arm", "linux/arm"),
+                                       ("linux/amd64", "linux/amd64")])
+def test_from_platform_with_only_an_os_or_arch(flag: str, want: str) -> None:
+    arm = Platform(os="linux", architecture="arm64", variant="v8")
+    g = conv(f"FROM --platform={flag} busybox\nRUN x\n", build_platform=arm)
+    assert str(chain(g.target.vertex)[0].op.platform) == want
+
+
+def test_healthcheck_cmd_followed_by_a_tab() -> None:
+    g = conv("FROM busybox\nHEALTHCHECK CMD\tcurl -f x\nHEALTHCHECK --retries=2 CMD\t[\"a\", \"b\"]\n")
+    assert g.target.config.config.healthcheck.test == ("CMD", "a", "b")
+    g = conv("FROM busybox\nHEALTHCHECK CMD\tcurl -f x\n")
+    assert g.target.config.config.healthcheck.test == ("CMD-SHELL", "curl -f x")
+
+
+def test_onbuild_heredoc_trigger_fires_in_a_child_stage() -> None:
+    g = conv("FROM busybox AS base\nONBUILD RUN <<EOF\necho from-trigger\nEOF\nFROM base\nRUN after\n")
+    scripts = [" ".join(r.args) for r in execs(g)]
+    assert len(scripts) == 2 and "echo from-trigger" in scripts[0] and scripts[1].endswith("after")
+    assert g.target.config.config.onbuild == ()
 
 
 def test_proxy_build_args_reach_run_only() -> None:
@@ -357,9 +385,21 @@ def test_chown_specs(spec, want) -> None:
     assert fop.actions[0].chown == want
 
 
-def test_chown_needs_a_user_or_group() -> None:
-    with pytest.raises(DockerfileError):
-        conv("FROM busybox\nCOPY --chown=: a /a\n")
+@pytest.mark.parametrize("text", ["COPY --chown=: a /a\n", "COPY --chown=${A}:${B} a /a\n",
+                                  "ARG A\nARG B\nCOPY --chown=$A:$B a /a\n"])
+def test_chown_with_empty_user_and_group_is_root(text: str) -> None:
+    """BuildKit accepts an empty user and group (unset variables): 0:0."""
+    g = conv("FROM busybox\n" + text)
+    (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert fop.actions[0].chown == Chown(user="", group="")
+
+
+@pytest.mark.parametrize("dest,want", [("/d/.", "/d/"), ("sub/.", "/w/sub/"), (".", "/w/"), ("/d", "/d")])
+def test_destination_ending_in_slash_dot_is_a_directory(dest: str, want: str) -> None:
+    g = conv(f"FROM busybox\nWORKDIR /w\nCOPY a {dest}\n")
+    (copy,) = [a for v in chain(g.target.vertex) if isinstance(v.op, FileOp) for a in v.op.actions
+               if isinstance(a, Copy)]
+    assert copy.dest == want
 
 
 def test_add_checksum_takes_one_source() -> None:
