@@ -188,3 +188,17 @@ def test_file_without_instructions_is_an_error() -> None:
 def test_crlf_and_bom() -> None:
     raws = parse_dockerfile("\ufeff# escape=`\r\nFROM a\r\nRUN b `\r\n c\r\n").instructions
     assert [r.rest for r in raws] == ["a", "b  c"]
+
+
+@pytest.mark.parametrize("head,escape", [
+    ("# escape=`\n", "`"), ("#  ESCAPE = `\n", "`"), ("# syntax=x\n# escape=`\n", "`"),
+    ("# unknown=1\n# escape=`\n", "\\"), ("\n# escape=`\n", "\\"), ("# note\n# escape=`\n", "\\"),
+    ("# escape=\n", "\\")])
+def test_parser_directives(head: str, escape: str) -> None:
+    assert parse_dockerfile(head + "FROM a\n").escape == escape
+
+
+@pytest.mark.parametrize("head", ["# escape=x\n", "# escape=`\n# escape=`\n"])
+def test_bad_or_repeated_escape_directive(head: str) -> None:
+    with pytest.raises(DockerfileError):
+        parse_dockerfile(head + "FROM a\n")
