@@ -10,7 +10,7 @@ import re
 from .instruction_words import Ctx, bool_flag, command, flag, maybe_json, pairs, parse_duration, split_flags
 from .instructions import (Arg, Cmd, Copy, Entrypoint, Env, Expose, From, Healthcheck, Instruction, Label,
                            Maintainer, Onbuild, Run, Shell, Stopsignal, User, Volume, Workdir)
-from .parse import Heredoc, RawInstruction, heredocs_in
+from .parse import Heredoc, RawInstruction, heredocs_in, join_heredoc_words
 
 __all__ = ["parse_instruction"]
 
@@ -57,8 +57,10 @@ def _run(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Run:
 def _copy(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Copy:
     is_add = ctx.raw.keyword == "ADD"
     js = maybe_json(ctx, rest)
-    words = js if js is not None else ctx.words(rest)
     docs = list(ctx.raw.heredocs)
+    words = js if js is not None else ctx.words(rest)
+    if docs:
+        words = join_heredoc_words(words)
     names = {d.name for d in docs}
     sources: list[str] = []
     inline: list[Heredoc] = []

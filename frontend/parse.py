@@ -25,7 +25,8 @@ from builder.errors import DockerfileError
 from .forms import NotStringArray, extract_flags, json_array
 from .shell import ExpansionError, split_raw_words
 
-__all__ = ["Heredoc", "RawInstruction", "ParsedDockerfile", "parse_dockerfile", "parse_line", "heredocs_in"]
+__all__ = ["Heredoc", "RawInstruction", "ParsedDockerfile", "parse_dockerfile", "parse_line", "heredocs_in",
+           "join_heredoc_words"]
 
 HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
@@ -124,19 +125,27 @@ def _heredoc_name(raw: str) -> tuple[str, bool]:
     return "".join(out), not quoted
 
 
-def heredocs_in(rest: str) -> list[tuple[str, bool, bool]]:
-    """(name, expand, chomp) for each heredoc word of an instruction line. A `<<` (or `<<-`,
-    `3<<`) standing alone takes the next word as its delimiter. ExpansionError (a ValueError)
-    for a delimiter with an unclosed quote."""
-    words = split_raw_words(rest)
-    found = []
+def join_heredoc_words(words: list[str]) -> list[str]:
+    """Raw words with a heredoc operator standing alone (`<<`, `<<-`, `3<<`) joined to the word
+    after it: `<<  EOF` names the heredoc EOF, as in BuildKit."""
+    out: list[str] = []
     i = 0
     while i < len(words):
         word = words[i]
         if _HEREDOC_OPERATOR.match(word) and i + 1 < len(words) and "<" not in words[i + 1]:
             word += words[i + 1]
             i += 1
+        out.append(word)
         i += 1
+    return out
+
+
+def heredocs_in(rest: str) -> list[tuple[str, bool, bool]]:
+    """(name, expand, chomp) for each heredoc word of an instruction line. A `<<` (or `<<-`,
+    `3<<`) standing alone takes the next word as its delimiter. ExpansionError (a ValueError)
+    for a delimiter with an unclosed quote."""
+    found = []
+    for word in join_heredoc_words(split_raw_words(rest)):
         m = _HEREDOC_WORD.match(word)
         if not m or not m.group(3) or "<" in m.group(3):
             continue

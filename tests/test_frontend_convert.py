@@ -124,6 +124,23 @@ def test_onbuild_heredoc_trigger_fires_in_a_child_stage() -> None:
     assert g.target.config.config.onbuild == ()
 
 
+@pytest.mark.parametrize("line", ["RUN <<EOF", "RUN <<  EOF", "RUN <<- EOF", "RUN <<'EOF'"])
+def test_run_with_one_heredoc_alone_runs_its_body(line: str) -> None:
+    (run,) = execs(conv(f"FROM busybox\n{line}\necho body\nEOF\n"))
+    assert run.args == ("/bin/sh", "-c", "echo body\n")
+
+
+def test_copy_heredoc_with_a_space_after_the_operator() -> None:
+    g = conv("FROM busybox\nCOPY <<  EOF <<- 'B' /dst/\none\nEOF\n\ttwo\n\tB\n")
+    (src,) = [v.op for v in g.topological() if isinstance(v.op, InlineSource)]
+    assert [(f.name, f.data) for f in src.files] == [("EOF", b"one\n"), ("B", b"two\n")]
+
+
+def test_run_heredoc_with_more_text_goes_to_the_shell() -> None:
+    (run,) = execs(conv("FROM busybox\nRUN <<  EOF  > foo\nbody\nEOF\n"))
+    assert run.args == ("/bin/sh", "-c", "<<  EOF  > foo\nbody\nEOF")
+
+
 def test_proxy_build_args_reach_run_only() -> None:
     """Proxy build args go to ExecOp.proxy_env (never in the cache key), not to env or config."""
     g = conv("FROM busybox\nRUN x\n", build_args={"HTTPS_PROXY": "http://p:1", "no_proxy": "x", "OTHER": "no"})
