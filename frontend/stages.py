@@ -121,8 +121,8 @@ def build_order(stages: Stages, target: Stage, expand: Callable[[str], str], *, 
                 continue
             dep = stages.lookup(name, before=st.index if is_from else st.index + 1, exact=is_from)
             if dep is None and not is_from and stages.lookup(name) is not None:
-                raise DockerfileError(f"stage {name!r} is defined after stage {st.label!r}: --from can only "
-                                      "name a stage above it", filename=filename, line=line)
+                raise DockerfileError(f'cannot copy from stage "{name}", it needs to be defined before current '
+                                      f'stage "{st.label}"', filename=filename, line=line)
             if dep is not None:
                 if state.get(dep.index) == "visiting":
                     raise DockerfileError(f"circular dependency detected on stage: {st.label}",

@@ -337,10 +337,10 @@ def test_target_selection() -> None:
 @pytest.mark.parametrize("text,line,fragment", [
     ("RUN echo\n", 1, "no build stage"),
     ("# only a comment\n", None, "file with no instructions"),
-    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined after"),
+    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined before"),
     ("FROM busybox AS a\nRUN --mount=from=b,target=/m x\nFROM busybox AS b\nCOPY --from=a /y /\n", 2,
-     "defined after"),
-    ("FROM busybox AS a\nCOPY --from=1 /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined after"),
+     "defined before"),
+    ("FROM busybox AS a\nCOPY --from=1 /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined before"),
     ("FROM busybox AS a\nCOPY --from=a /x /\n", 2, "circular dependency"),
     ("FROM busybox\nRUN --mount=type=nope,target=/x y\n", 2, "mount type"),
     ("FROM busybox\nRUN --mount=type=cache y\n", 2, "target"),
