@@ -56,6 +56,12 @@ def predefined_args(opts: FrontendOptions) -> dict[str, str]:
             "BUILDPLATFORM": str(b), "BUILDOS": b.os, "BUILDARCH": b.architecture, "BUILDVARIANT": b.variant}
 
 
+_KNOWN_OS = frozenset({"linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos",
+                       "aix", "android", "dragonfly", "ios", "plan9", "js", "wasip1"})
+_KNOWN_ARCH = frozenset({"amd64", "386", "arm", "arm64", "ppc64le", "ppc64", "s390x", "riscv64", "mips64le",
+                         "mips64", "mipsle", "mips", "loong64", "wasm"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Base:
     vertex: Vertex
@@ -76,18 +82,22 @@ class _Converter:
         self._context: Vertex | None = None
         self._images: dict[tuple[str, str], Vertex] = {}
         self._active: set[int] = set()
+        self._current: list[int] = []      # stages being converted, innermost last
         self.meta = self._meta_args()
 
     # ------------------------------------------------------------ global ARGs
     def _meta_args(self) -> dict[str, str | None]:
-        meta: dict[str, str | None] = dict(predefined_args(self.opts))
+        """The global ARGs. A value-less global ARG of an automatic platform arg
+        (`ARG TARGETPLATFORM`) keeps the automatic value (dockerfile 1.19; 20.10 emptied it)."""
+        predefined = predefined_args(self.opts)
+        meta: dict[str, str | None] = dict(predefined)
         for arg in self.stages.meta_args:
             for key, default in arg.pairs:
                 if key in self.opts.build_args:
                     meta[key] = self.opts.build_args[key]
                 elif default is not None:
                     meta[key] = self._expand_with(meta, arg, default)
-                else:
+                elif key not in predefined:
                     meta[key] = None
         return meta
 
@@ -150,7 +160,8 @@ class _Converter:
         written: BuildKit expands no ARG there (`--from=$STAGE` is an invalid image reference)."""
         if ref in self.opts.named_contexts:
             return self._named(ref, st.platform, ins).vertex
-        stage = self.stages.lookup(ref)
+        before = self._current[-1] + 1 if self._current else None     # a stage above (or this one)
+        stage = self.stages.lookup(ref, before=before)
         if stage is not None:
             return self.convert_stage(stage).vertex
         key = (ref, str(st.platform))
@@ -163,13 +174,13 @@ class _Converter:
         platform = self.opts.platform
         if f.platform:
             try:
-                platform = Platform.parse(self._expand_meta(f, f.platform))
+                platform = self._platform(self._expand_meta(f, f.platform))
             except ValueError as e:
                 raise DockerfileError(str(e), filename=self.opts.filename, line=f.line) from e
         ref = self._expand_meta(f, f.image)
         if ref in self.opts.named_contexts:
             return self._named(ref, platform, f)
-        parent = self.stages.lookup(ref, before=stage.index)
+        parent = self.stages.lookup(ref, before=stage.index, exact=True)
         if parent is not None:
             r = self.convert_stage(parent)
             return _Base(vertex=r.vertex, config=r.config, platform=r.platform, history=r.history,
@@ -183,6 +194,17 @@ class _Converter:
         return _Base(vertex=v, config=res.config.config, platform=res.config.platform or platform,
                      base_history=res.config.history, author=res.config.author)
 
+    def _platform(self, text: str) -> Platform:
+        """A `--platform` value. A lone OS (`linux`) or architecture (`arm64`) takes the rest
+        from the build platform, as containerd's platform parser (BuildKit's) does."""
+        if "/" not in text:
+            b = self.opts.build_platform
+            if text.lower() in _KNOWN_OS:
+                return Platform(os=text.lower(), architecture=b.architecture, variant=b.variant)
+            if text.lower() in _KNOWN_ARCH:
+                return Platform.parse(f"{b.os}/{text.lower()}")
+        return Platform.parse(text)
+
     # ------------------------------------------------------------ stages
     def convert_stage(self, stage: Stage) -> StageResult:
         if stage.index in self.results:
@@ -191,6 +213,7 @@ class _Converter:
             raise DockerfileError(f"circular dependency detected on stage: {stage.label}",
                                   filename=self.opts.filename, line=stage.from_.line)
         self._active.add(stage.index)
+        self._current.append(stage.index)
         base = self._base(stage)
         last = stage.index == len(self.stages.stages) - 1
         st = StageState(filename=self.opts.filename, label="" if (last and not stage.name) else stage.label,
@@ -208,6 +231,7 @@ class _Converter:
         result = result_of(st)
         self.results[stage.index] = result
         self._active.discard(stage.index)
+        self._current.pop()
         return result
 
     def _onbuild(self, st: StageState, stage: Stage) -> None:

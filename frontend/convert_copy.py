@@ -43,9 +43,8 @@ def context_path(src: str, *, parents: bool = False) -> str:
 def parse_chown(st: StageState, c: I.Instruction, spec: str) -> Chown | None:
     if not spec:
         return None
+    # An empty user or group (":gid", or `${A}:${B}` with both unset) means 0, as in BuildKit.
     user, _, group = st.expand(c, spec).partition(":")
-    if not user and not group:       # ":gid" alone is accepted (uid 0), as BuildKit 20.10 does
-        raise st.error(c, f"invalid --chown value {spec!r}")
     return Chown(user=user, group=group)
 
 
@@ -82,7 +81,7 @@ def _url_filename(url: str) -> str:
 
 def _dest(st: StageState, c: I.Copy, raw: str) -> str:
     dest = st.resolve_path(raw)
-    if (raw in ("", ".") or raw.endswith("/")) and not dest.endswith("/"):
+    if (raw in ("", ".") or raw.endswith(("/", "/."))) and not dest.endswith("/"):
         dest += "/"
     return dest
 

@@ -93,7 +93,8 @@ def _expose(st: StageState, c: I.Expose) -> None:
     new: list[str] = []
     for raw in c.ports:
         for word in st.expand_split(c, raw):
-            m = _PORT.match(word)
+            # `[ip:]hostPort:containerPort`: BuildKit warns and keeps the container port
+            m = _PORT.match(word.rpartition(":")[2])
             if not m:
                 raise st.error(c, f"invalid containerPort: {word}")
             lo = int(m.group(1))

@@ -17,7 +17,8 @@ from builder.solve.ops import ExecOp, InlineFile, InlineSource, Mount
 from . import instructions as I
 from .convert_copy import SourceResolver
 from .convert_state import StageState
-from .parse import heredocs_in
+from .parse import heredocs_in, join_heredoc_words
+from .shell import split_raw_words
 
 __all__ = ["dispatch_run", "parse_mount"]
 
@@ -140,7 +141,7 @@ def _abs(st: StageState, path: str) -> str:
 
 def _heredoc_args(st: StageState, c: I.Run, inputs: list[Vertex], mounts: list[Mount]) -> list[str]:
     text = c.command.args[0] if c.command.args else ""
-    words = text.split()
+    words = join_heredoc_words(split_raw_words(text))
     if len(words) == 1 and heredocs_in(text) and len(c.heredocs) == 1:
         doc = c.heredocs[0]
         data = doc.content

@@ -10,7 +10,7 @@ import re
 from .instruction_words import Ctx, bool_flag, command, flag, maybe_json, pairs, parse_duration, split_flags
 from .instructions import (Arg, Cmd, Copy, Entrypoint, Env, Expose, From, Healthcheck, Instruction, Label,
                            Maintainer, Onbuild, Run, Shell, Stopsignal, User, Volume, Workdir)
-from .parse import Heredoc, RawInstruction, heredocs_in
+from .parse import Heredoc, RawInstruction, heredocs_in, join_heredoc_words
 
 __all__ = ["parse_instruction"]
 
@@ -44,7 +44,7 @@ def _arg(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Arg:
 
 
 def _run(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Run:
-    cmd = command(rest)          # a bare RUN runs `/bin/sh -c ""` (BuildKit 20.10 builds it)
+    cmd = command(ctx, rest)          # a bare RUN runs `/bin/sh -c ""` (BuildKit 20.10 builds it)
     if ctx.raw.heredocs and cmd.json:
         raise ctx.error("heredocs are not supported in the exec form of RUN")
     net = flag(flags, "network")
@@ -56,9 +56,11 @@ def _run(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Run:
 
 def _copy(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Copy:
     is_add = ctx.raw.keyword == "ADD"
-    js = maybe_json(rest)
-    words = js if js is not None else ctx.words(rest)
+    js = maybe_json(ctx, rest)
     docs = list(ctx.raw.heredocs)
+    words = js if js is not None else ctx.words(rest)
+    if docs:
+        words = join_heredoc_words(words)
     names = {d.name for d in docs}
     sources: list[str] = []
     inline: list[Heredoc] = []
@@ -82,8 +84,9 @@ def _copy(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Copy:
 
 
 def _healthcheck(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Healthcheck:
-    kw, _, cmd_text = rest.partition(" ")
-    kw = kw.upper()
+    parts = rest.split(None, 1)
+    kw = parts[0].upper() if parts else ""
+    cmd_text = parts[1] if len(parts) > 1 else ""
     if kw == "NONE":
         if cmd_text.strip() or flags:
             raise ctx.error("HEALTHCHECK NONE takes no arguments")
@@ -92,7 +95,7 @@ def _healthcheck(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Healthchec
         raise ctx.error(f"Unknown type {kw!r} in HEALTHCHECK (try CMD)")
     if not cmd_text.strip():
         raise ctx.error("Missing command after HEALTHCHECK CMD")
-    cmd = command(cmd_text.strip())
+    cmd = command(ctx, cmd_text.strip())
     test = ("CMD", *cmd.args) if cmd.json else ("CMD-SHELL", cmd.args[0])
     vals: dict[str, int] = {}
     for name in ("interval", "timeout", "start-period", "start-interval"):
@@ -129,19 +132,21 @@ def _onbuild(ctx: Ctx, rest: str) -> Onbuild:
         raise ctx.error("ONBUILD requires at least one argument")
     if kw in ("ONBUILD", "FROM", "MAINTAINER"):
         raise ctx.error(f"{kw} isn't allowed as an ONBUILD trigger")
-    # An unknown trigger is stored as written; it fails only when a child stage fires it.
-    return Onbuild(**ctx.base(), expression=rest)
+    # An unknown trigger is stored as written; it fails only when a child stage fires it. A
+    # trigger with heredocs keeps their bodies and delimiters, so it parses again as it was.
+    bodies = "".join(f"\n{d.content}{d.name}" for d in ctx.raw.heredocs)
+    return Onbuild(**ctx.base(), expression=rest + bodies)
 
 
 def _shell(ctx: Ctx, rest: str) -> Shell:
-    js = maybe_json(rest)
+    js = maybe_json(ctx, rest)
     if not js:
         raise ctx.error("SHELL requires the arguments to be in JSON form")
     return Shell(**ctx.base(), args=tuple(js))
 
 
 def _volume(ctx: Ctx, rest: str) -> Volume:
-    js = maybe_json(rest)
+    js = maybe_json(ctx, rest)
     paths = tuple(js) if js is not None else tuple(ctx.words(rest))
     if not paths:
         raise ctx.error("VOLUME requires at least one argument")
@@ -150,10 +155,10 @@ def _volume(ctx: Ctx, rest: str) -> Volume:
 
 _PARSERS = {
     "FROM": _from, "ARG": _arg, "RUN": _run, "COPY": _copy, "ADD": _copy, "HEALTHCHECK": _healthcheck,
-    "ENV": lambda c, f, r: Env(**c.base(), pairs=pairs(c, r, legacy=True)),
-    "LABEL": lambda c, f, r: Label(**c.base(), pairs=pairs(c, r, legacy=True)),
-    "CMD": lambda c, f, r: Cmd(**c.base(), command=command(r)),
-    "ENTRYPOINT": lambda c, f, r: Entrypoint(**c.base(), command=command(r)),
+    "ENV": lambda c, f, r: Env(**c.base(), pairs=pairs(c, r)),
+    "LABEL": lambda c, f, r: Label(**c.base(), pairs=pairs(c, r)),
+    "CMD": lambda c, f, r: Cmd(**c.base(), command=command(c, r)),
+    "ENTRYPOINT": lambda c, f, r: Entrypoint(**c.base(), command=command(c, r)),
     "SHELL": lambda c, f, r: _shell(c, r),
     "WORKDIR": lambda c, f, r: Workdir(**c.base(), path=_one_arg(c, r)),
     "USER": lambda c, f, r: User(**c.base(), user=_one_arg(c, r)),
@@ -172,6 +177,6 @@ def parse_instruction(raw: RawInstruction, *, filename: str = "Dockerfile", esca
     if parser is None:
         raise ctx.error(f"unknown instruction: {raw.keyword}")
     flags, rest = split_flags(ctx, raw.rest)
-    if raw.heredocs and raw.keyword not in ("RUN", "COPY", "ADD"):
+    if raw.heredocs and raw.keyword not in ("RUN", "COPY", "ADD", "ONBUILD"):
         raise ctx.error(f"{raw.keyword} does not support heredocs")
     return parser(ctx, flags, rest)  # type: ignore[return-value]  # each parser returns its own type

@@ -3,16 +3,16 @@ shell form, `key=value` pairs, Go durations, and the error context of one raw in
 """
 from __future__ import annotations
 
-import json
 import re
 
 from builder.errors import DockerfileError
 
+from .forms import NotStringArray, extract_flags, json_array
 from .instructions import CommandLine
 from .parse import RawInstruction
-from .shell import split_raw_words, unquote
+from .shell import split_raw_words
 
-__all__ = ["Ctx", "split_flags", "flag", "bool_flag", "maybe_json", "command", "pairs", "parse_duration"]
+__all__ = ["Ctx", "split_flags", "flag", "bool_flag", "maybe_json", "command", "name_values", "pairs", "parse_duration"]
 
 
 # flags each instruction accepts: name -> multi (may repeat)
@@ -47,40 +47,13 @@ class Ctx:
         return {"line": self.raw.start_line, "end_line": self.raw.end_line, "original": self.raw.original}
 
 
-def _scan_word(text: str, i: int) -> int:
-    """Index after the raw word starting at i (quotes and escapes respected)."""
-    quote = ""
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and quote != "'" and i + 1 < len(text):
-            i += 2
-            continue
-        if quote:
-            if c == quote:
-                quote = ""
-        elif c in "'\"":
-            quote = c
-        elif c.isspace():
-            break
-        i += 1
-    return i
-
-
 def split_flags(ctx: Ctx, rest: str) -> tuple[dict[str, list[str]], str]:
+    """The instruction's flags by name (checked against what it accepts) and the rest."""
     allowed = _FLAGS.get(ctx.raw.keyword, {})
+    words, rest = extract_flags(rest)
     flags: dict[str, list[str]] = {}
-    i = 0
-    while True:
-        while i < len(rest) and rest[i].isspace():
-            i += 1
-        if not rest.startswith("--", i):
-            break
-        j = _scan_word(rest, i)
-        word = unquote(rest[i + 2:j])
-        i = j
-        if not word:
-            break
-        name, eq, value = word.partition("=")
+    for word in words:
+        name, eq, value = word[2:].partition("=")
         if name not in allowed:
             raise ctx.error(f"Unknown flag: {name}")
         if not eq:
@@ -90,7 +63,7 @@ def split_flags(ctx: Ctx, rest: str) -> tuple[dict[str, list[str]], str]:
         if name in flags and not allowed[name]:
             raise ctx.error(f"Duplicate flag specified: {name}")
         flags.setdefault(name, []).append(value)
-    return flags, rest[i:].strip()
+    return flags, rest
 
 
 def flag(flags: dict[str, list[str]], name: str) -> str:
@@ -106,43 +79,48 @@ def bool_flag(ctx: Ctx, flags: dict[str, list[str]], name: str) -> bool:
     raise ctx.error(f"expecting boolean value for flag {name}, not: {v}")
 
 
-def maybe_json(text: str) -> list[str] | None:
-    """The exec form, read as BuildKit 20.10 does (Go's json.Decoder.Decode): the first JSON value
-    is taken and any text after it is ignored; anything else is shell form."""
-    if not text.startswith("["):
-        return None
+def maybe_json(ctx: Ctx, text: str) -> list[str] | None:
+    """The exec form, as BuildKit reads it: a JSON array of strings and nothing after it; any
+    other text is shell form, except a JSON array of other values, which is an error."""
     try:
-        v, _ = json.JSONDecoder().raw_decode(text)
-    except ValueError:
-        return None
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return v
-    return None
+        return json_array(text)
+    except NotStringArray as e:
+        raise ctx.error(f"{ctx.raw.keyword}: {e}") from e
 
 
-def command(text: str) -> CommandLine:
-    js = maybe_json(text)
+def command(ctx: Ctx, text: str) -> CommandLine:
+    js = maybe_json(ctx, text)
     if js is not None:
         return CommandLine(args=tuple(js), json=True)
     return CommandLine(args=(text,), json=False)     # bare CMD/RUN: `/bin/sh -c ""`, as BuildKit
 
 
-def pairs(ctx: Ctx, rest: str, *, legacy: bool) -> tuple[tuple[str, str], ...]:
+def name_values(ctx: Ctx, rest: str) -> tuple[tuple[str, str, str], ...]:
+    """ENV/LABEL arguments as BuildKit's parser reads them: (key, value, separator) with raw
+    (unexpanded) words; the separator is "=" for `k=v ...` and "" for the legacy `KEY value`."""
     words = ctx.words(rest)
     if not words:
         raise ctx.error(f"{ctx.raw.keyword} requires at least one argument")
     if "=" not in words[0]:
-        if not legacy:
-            raise ctx.error(f"Syntax error - can't find = in {words[0]!r}. Must be of the form: name=value")
         parts = rest.split(None, 1)
         if len(parts) < 2:
             raise ctx.error(f"{ctx.raw.keyword} must have two arguments")
-        return ((parts[0], parts[1].strip()),)
+        return ((parts[0], parts[1].strip(), ""),)
     out = []
     for w in words:
         k, eq, v = w.partition("=")
-        if not eq or not k:
+        if not eq:
             raise ctx.error(f"Syntax error - can't find = in {w!r}. Must be of the form: name=value")
+        out.append((k, v, "="))
+    return tuple(out)
+
+
+def pairs(ctx: Ctx, rest: str) -> tuple[tuple[str, str], ...]:
+    """ENV/LABEL (key, raw value) pairs; an empty key is an error."""
+    out = []
+    for k, v, _ in name_values(ctx, rest):
+        if not k:
+            raise ctx.error(f"{ctx.raw.keyword} names can not be blank")
         out.append((k, v))
     return tuple(out)
 

@@ -1,36 +1,39 @@
-"""The only importer of dockerfile_parse: Dockerfile text -> raw instructions with line ranges.
+"""Dockerfile text -> raw instructions with line ranges, read line by line as BuildKit's parser
+(dockerfile 1.19) reads it.
 
-dockerfile_parse tokenizes lines (instruction keyword, start and end line, the `# escape=`
-directive, comment lines inside continuations). Around it we add what BuildKit does and it does
-not: whitespace-only lines inside a continuation are skipped (not the end of the instruction),
-and heredoc bodies (`RUN <<EOF`, `COPY <<EOF /dst`, several per line, `<<-` and quoted
-delimiters) are cut out of the text before tokenizing, so their lines never look like
-instructions. The continuation joining itself (escape char + optional blanks at the end of a
-line, comment and empty lines dropped) is recomputed from the original lines so it follows
-BuildKit exactly.
+* Parser directives (`# escape=`, `# syntax=`, `# check=`) are read from the top of the file
+  until the first line that is not one; only `escape` matters here (` or backslash).
+* A line is continued when it ends with an unescaped escape character, optionally followed by
+  blanks; `\\\\` at the end (an escaped escape) is text, not a continuation. Comment lines and
+  whitespace-only lines inside a continuation are skipped; the continued lines are joined as
+  they are (their leading blanks kept). A continuation at the end of the file just ends.
+* The keyword is the first word; `rest` is the text after it (both ends stripped).
+* Heredocs (`RUN <<EOF`, `COPY <<A <<'B' /dst`, `<<-`, quoted delimiters, `3<<EOF`, a space
+  after `<<`) are read for RUN, COPY and ADD, and for an ONBUILD of one of them, unless the
+  instruction is in exec (JSON) form. Their bodies follow the instruction line, in order.
+* A file without any instruction is an error, as in BuildKit.
 
-Line numbers in the result are 1-based.
+Line numbers are 1-based; `end_line` includes heredoc bodies.
 """
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 
-from dockerfile_parse import DockerfileParser
-
 from builder.errors import DockerfileError
 
-from .shell import split_raw_words
-from .text import valid_utf8
+from .forms import NotStringArray, extract_flags, json_array
+from .shell import ExpansionError, split_raw_words
 
-__all__ = ["Heredoc", "RawInstruction", "ParsedDockerfile", "parse_dockerfile", "parse_line"]
+__all__ = ["Heredoc", "RawInstruction", "ParsedDockerfile", "parse_dockerfile", "parse_line", "heredocs_in",
+           "join_heredoc_words"]
 
 HEREDOC_KEYWORDS = frozenset({"RUN", "COPY", "ADD"})
-_ESCAPE_DIRECTIVE = re.compile(r"^\s*#\s*escape\s*=\s*(\S*)\s*$", re.I)
-_OTHER_DIRECTIVE = re.compile(r"^\s*#\s*[A-Za-z_]+\s*=.*$")
-_COMMENT = re.compile(r"^\s*#")
+_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+_KNOWN_DIRECTIVES = frozenset({"escape", "syntax", "check"})
 _HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)(.*)$", re.S)
+_HEREDOC_OPERATOR = re.compile(r"^\d*<<-?$")
+_KEYWORD_SPLIT = re.compile(r"[\t\v\f\r ]+")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,128 +68,117 @@ class ParsedDockerfile:
 
 
 def _escape_char(lines: list[str], filename: str) -> str:
+    escape = "\\"
+    seen: set[str] = set()
     for lineno, line in enumerate(lines, start=1):
-        m = _ESCAPE_DIRECTIVE.match(line)
-        if m:
-            value = m.group(1)
-            if value not in ("", "\\", "`"):
+        m = _DIRECTIVE.match(line.lstrip())
+        if not m or m.group(1).lower() not in _KNOWN_DIRECTIVES:
+            break
+        name, value = m.group(1).lower(), m.group(2)
+        if name in seen:
+            raise DockerfileError(f"only one {name} parser directive can be used", filename=filename, line=lineno)
+        seen.add(name)
+        if name == "escape":
+            if value not in ("\\", "`"):
                 raise DockerfileError(f"invalid escape token {value!r} does not match ` or \\",
                                       filename=filename, line=lineno)
-            return value or "\\"
-        if not _OTHER_DIRECTIVE.match(line):
-            break
-    return "\\"
+            escape = value
+    return escape
 
 
 def _continues(line: str, escape: str) -> tuple[str, bool]:
-    body = line.rstrip("\r\n")
-    m = re.search(re.escape(escape) + r"[ \t]*$", body)
-    if m:
-        return body[: m.start()], True
-    return body, False
+    """The line without its continuation mark, and whether it is continued: it ends (before
+    optional blanks) with an odd number of escape characters."""
+    body = line.rstrip(" \t")
+    run = len(body) - len(body.rstrip(escape))
+    if run % 2 == 1:
+        return body[:-1], True
+    return line, False
 
 
-def _fix_blank_continuations(lines: list[str], escape: str, skip: set[int]) -> list[str]:
-    """Whitespace-only lines inside a continuation become comment lines (BuildKit skips them)."""
-    out = list(lines)
-    cont = False
-    for i, line in enumerate(lines):
-        if i in skip:
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _heredoc_name(raw: str) -> tuple[str, bool]:
+    """The delimiter named by a heredoc word (quotes removed, escapes applied, `$` kept) and
+    whether the body is expanded (no quote in the word). ExpansionError for an unclosed quote."""
+    out: list[str] = []
+    quote = ""
+    quoted = False
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\" and quote != "'" and i + 1 < len(raw):
+            out.append(raw[i + 1])
+            i += 2
             continue
-        if cont and not line.strip():
-            out[i] = "#\n"
-            continue
-        if _COMMENT.match(line):
-            continue
-        if not cont and not line.strip():
-            continue
-        cont = _continues(line, escape)[1]
+        if quote and c == quote:
+            quote = ""
+        elif not quote and c in "'\"":
+            quote, quoted = c, True
+        else:
+            out.append(c)
+        i += 1
+    if quote:
+        raise ExpansionError(f"unterminated quote in heredoc delimiter {raw!r}")
+    return "".join(out), not quoted
+
+
+def join_heredoc_words(words: list[str]) -> list[str]:
+    """Raw words with a heredoc operator standing alone (`<<`, `<<-`, `3<<`) joined to the word
+    after it: `<<  EOF` names the heredoc EOF, as in BuildKit."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if _HEREDOC_OPERATOR.match(word) and i + 1 < len(words) and "<" not in words[i + 1]:
+            word += words[i + 1]
+            i += 1
+        out.append(word)
+        i += 1
     return out
 
 
-def _joined_rest(lines: list[str], start: int, end: int, escape: str) -> str:
-    parts: list[str] = []
-    for i in range(start, end + 1):
-        line = lines[i]
-        if i == start:
-            line = line.lstrip()
-            line = line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else ""
-        elif _COMMENT.match(line) or not line.strip():
-            continue
-        text, more = _continues(line, escape)
-        parts.append(text)
-        if not more:
-            break
-    return "".join(parts).strip()
-
-
 def heredocs_in(rest: str) -> list[tuple[str, bool, bool]]:
-    """(name, expand, chomp) for each heredoc word of an instruction line."""
+    """(name, expand, chomp) for each heredoc word of an instruction line. A `<<` (or `<<-`,
+    `3<<`) standing alone takes the next word as its delimiter. ExpansionError (a ValueError)
+    for a delimiter with an unclosed quote."""
     found = []
-    for word in split_raw_words(rest):
+    for word in join_heredoc_words(split_raw_words(rest)):
         m = _HEREDOC_WORD.match(word)
-        if not m or not m.group(3):
+        if not m or not m.group(3) or "<" in m.group(3):
             continue
-        raw = m.group(3)
-        name = "".join(ch for ch in raw if ch not in "'\"\\")
-        if not name or "<" in name:
-            continue
-        found.append((name, not any(c in raw for c in "'\"\\"), m.group(2) == "-"))
+        name, expand = _heredoc_name(m.group(3))
+        if name:
+            found.append((name, expand, m.group(2) == "-"))
     return found
 
 
-def _tokenize(text: str) -> list[dict]:
-    """dockerfile_parse's structure (keyword and line range of each instruction). It reads UTF-8
-    only, and only the line ranges and keywords are used: undecodable bytes (surrogate escapes)
-    are given to it as U+FFFD (the text itself is taken from our own lines)."""
-    parser = DockerfileParser(fileobj=io.BytesIO(valid_utf8(text).encode("utf-8")))
-    return sorted((s for s in parser.structure if s["instruction"] != "COMMENT"), key=lambda s: s["startline"])
+def _split_command(line: str) -> tuple[str, str]:
+    parts = _KEYWORD_SPLIT.split(line.strip(), maxsplit=1)
+    return parts[0].upper(), (parts[1].strip() if len(parts) > 1 else "")
 
 
-def parse_dockerfile(text: str, *, filename: str = "Dockerfile") -> ParsedDockerfile:
-    """Tokenize a Dockerfile. Raises DockerfileError (with the line) for an unterminated heredoc."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = [l if l.endswith("\n") else l + "\n" for l in text.splitlines()]
-    escape = _escape_char(lines, filename)
-    if lines:
-        # A continuation on the very last line ends the instruction (BuildKit runs it;
-        # dockerfile-parse would drop it)
-        final, cont = _continues(lines[-1], escape)
-        if cont:
-            lines[-1] = final + "\n"
-    bodies: dict[int, tuple[int, tuple[Heredoc, ...]]] = {}   # start line (0-based) -> (end, heredocs)
-    blanked: set[int] = set()
-    while True:
-        work = [("\n" if i in blanked else l) for i, l in enumerate(lines)]
-        work = _fix_blank_continuations(work, escape, blanked)
-        structure = _tokenize("".join(work))
-        progressed = False
-        for s in structure:
-            start, end = s["startline"], s["endline"]
-            if s["instruction"] not in HEREDOC_KEYWORDS or start in bodies:
-                continue
-            specs = heredocs_in(_joined_rest(work, start, end, escape))
-            if not specs:
-                continue
-            docs, last = _read_bodies(lines, end + 1, specs, filename, start + 1)
-            bodies[start] = (last, docs)
-            blanked.update(range(end + 1, last + 1))
-            progressed = True
-            break
-        if not progressed:
-            break
-    out = []
-    for s in structure:
-        start, end = s["startline"], s["endline"]
-        last, docs = bodies.get(start, (end, ()))
-        out.append(RawInstruction(keyword=s["instruction"], rest=_joined_rest(work, start, end, escape),
-                                  start_line=start + 1, end_line=max(end, last) + 1, heredocs=docs))
-    return ParsedDockerfile(escape=escape, instructions=tuple(out))
+def _heredoc_target(keyword: str, rest: str) -> str | None:
+    """The text whose words may hold heredocs: the arguments of RUN/COPY/ADD (or of the
+    instruction an ONBUILD holds) when not in exec form; None when heredocs cannot appear."""
+    if keyword == "ONBUILD":
+        keyword, rest = _split_command(rest)
+    if keyword not in HEREDOC_KEYWORDS or "<<" not in rest:
+        return None
+    _, args = extract_flags(rest)
+    try:
+        if json_array(args) is not None:
+            return None
+    except NotStringArray:
+        return None
+    return rest
 
 
 def _read_bodies(lines: list[str], first: int, specs: list[tuple[str, bool, bool]], filename: str,
                  line_no: int) -> tuple[tuple[Heredoc, ...], int]:
+    """The heredoc bodies starting at line index `first`, and the index after the last one."""
     i = first
     docs = []
     for name, expand, chomp in specs:
@@ -194,17 +186,70 @@ def _read_bodies(lines: list[str], first: int, specs: list[tuple[str, bool, bool
         while True:
             if i >= len(lines):
                 raise DockerfileError(f"unterminated heredoc {name!r}", filename=filename, line=line_no)
-            raw = lines[i].rstrip("\r\n")
+            raw = lines[i].rstrip("\r")
             i += 1
             if (raw.lstrip("\t") if chomp else raw) == name:
                 break
             content.append(raw + "\n")
         docs.append(Heredoc(name=name, content="".join(content), expand=expand, chomp=chomp))
-    return tuple(docs), i - 1
+    return tuple(docs), i
+
+
+def _logical_line(lines: list[str], i: int, escape: str) -> tuple[str | None, int]:
+    """The instruction text starting at line index i (continuations joined), or None for a line
+    that holds none (comment, blank), and the index of the next unread line."""
+    raw = lines[i]
+    i += 1
+    if _is_comment(raw):
+        return None, i
+    text, more = _continues(raw.lstrip(), escape)
+    if not more and not text:
+        return None, i
+    parts = [text]
+    while more and i < len(lines):
+        raw = lines[i]
+        i += 1
+        if _is_comment(raw) or not raw.strip():
+            continue
+        text, more = _continues(raw, escape)
+        parts.append(text)
+    return "".join(parts), i
+
+
+def parse_dockerfile(text: str, *, filename: str = "Dockerfile") -> ParsedDockerfile:
+    """Tokenize a Dockerfile. Raises DockerfileError (with the line) for an unterminated heredoc,
+    a bad heredoc delimiter, a bad escape directive, and a file with no instruction."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = [l.rstrip("\r") for l in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    escape = _escape_char(lines, filename)
+    out = []
+    i = 0
+    while i < len(lines):
+        start = i + 1
+        line, i = _logical_line(lines, i, escape)
+        if line is None or not line.strip():
+            continue
+        keyword, rest = _split_command(line)
+        docs: tuple[Heredoc, ...] = ()
+        target = _heredoc_target(keyword, rest)
+        if target is not None:
+            try:
+                specs = heredocs_in(target)
+            except ExpansionError as e:
+                raise DockerfileError(f"invalid heredoc delimiter: {e}", filename=filename, line=start) from e
+            docs, i = _read_bodies(lines, i, specs, filename, start)
+        out.append(RawInstruction(keyword=keyword, rest=rest, start_line=start, end_line=i, heredocs=docs))
+    if not out:
+        raise DockerfileError("file with no instructions", filename=filename)
+    return ParsedDockerfile(escape=escape, instructions=tuple(out))
 
 
 def parse_line(text: str, *, filename: str = "Dockerfile", line: int = 1) -> RawInstruction:
-    """Parse one instruction given as text (ONBUILD triggers); the location is the caller's."""
+    """Parse one instruction given as text (ONBUILD triggers, heredoc bodies included); the
+    location is the caller's."""
     parsed = parse_dockerfile(text, filename=filename)
     if len(parsed.instructions) != 1:
         raise DockerfileError(f"expected one instruction, got {text!r}", filename=filename, line=line)

@@ -4,7 +4,8 @@
 FROM). `Stages.lookup` finds a stage by name (case-insensitive; with duplicate names the later
 stage wins) or index. `build_order` walks the dependencies of the target (FROM another stage,
 `COPY --from`, `RUN --mount=...,from=`) depth first and returns the stages the target needs,
-dependencies first, or raises DockerfileError on a cycle. Stages the target does not need are
+dependencies first, or raises DockerfileError on a cycle or a `--from` naming a stage defined
+later in the file (dockerfile 1.19; with duplicate names, the last one above counts). Stages the target does not need are
 never returned, so they are never converted (or built).
 """
 from __future__ import annotations
@@ -36,13 +37,13 @@ class Stages:
     meta_args: tuple[Arg, ...]
     stages: tuple[Stage, ...]
 
-    def lookup(self, ref: str, *, before: int | None = None) -> Stage | None:
+    def lookup(self, ref: str, *, before: int | None = None, exact: bool = False) -> Stage | None:
         """Stage called `ref` (the last one with that name) or with index `ref`. With `before`,
-        only stages before that index count, and the name must match exactly: BuildKit 20.10's
-        FROM does not fold case (stage names are stored lowercase, so `FROM Upper` is taken as an
-        image reference, which is invalid), while COPY --from does."""
+        only stages before that index count. With `exact` the name must match exactly: FROM does
+        not fold case (stage names are stored lowercase, so `FROM Upper` is taken as an image
+        reference, which is invalid), while COPY --from does."""
         pool = self.stages if before is None else self.stages[:before]
-        low = ref if before is not None else ref.lower()
+        low = ref if exact else ref.lower()
         for st in reversed(pool):
             if st.name and st.name == low:
                 return st
@@ -118,7 +119,10 @@ def build_order(stages: Stages, target: Stage, expand: Callable[[str], str], *, 
             name = expand(ref) if is_from else ref     # BuildKit never expands --from / from=
             if is_named_context(name):
                 continue
-            dep = stages.lookup(name, before=st.index if is_from else None)
+            dep = stages.lookup(name, before=st.index if is_from else st.index + 1, exact=is_from)
+            if dep is None and not is_from and stages.lookup(name) is not None:
+                raise DockerfileError(f'cannot copy from stage "{name}", it needs to be defined before current '
+                                      f'stage "{st.label}"', filename=filename, line=line)
             if dep is not None:
                 if state.get(dep.index) == "visiting":
                     raise DockerfileError(f"circular dependency detected on stage: {st.label}",

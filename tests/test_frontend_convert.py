@@ -16,7 +16,8 @@ AMD64 = Platform(os="linux", architecture="amd64")
 
 def conv(text: str, **kw) -> BuildGraph:  # type: ignore[no-untyped-def]
     kw.setdefault("resolver", FakeResolver())
-    return convert(text, FrontendOptions(platform=kw.pop("platform", AMD64), build_platform=AMD64, **kw))
+    return convert(text, FrontendOptions(platform=kw.pop("platform", AMD64), build_platform=kw.pop("build_platform", AMD64),
+                                         **kw))
 
 
 def execs(g: BuildGraph) -> list[ExecOp]:
@@ -73,9 +74,71 @@ def test_predefined_platform_args() -> None:
     (run,) = execs(g)
     env = dict(e.split("=", 1) for e in run.env)
     assert (env["TARGETARCH"], env["TARGETVARIANT"], env["BUILDARCH"]) == ("arm64", "v8", "amd64")
-    assert "TARGETPLATFORM" not in env                  # the global ARG without value hides it
+    assert env["TARGETPLATFORM"] == "linux/arm64/v8"    # a value-less global ARG keeps the automatic value
     src = chain(g.target.vertex)[0].op
     assert src.platform == AMD64                         # --platform=$BUILDPLATFORM
+
+
+def test_valueless_global_platform_arg_keeps_automatic_value() -> None:
+    """dockerfile 1.19 (public case predefined-platform-args): `ARG TARGETPLATFORM` before FROM
+    without a value keeps linux/amd64; an ordinary value-less global ARG stays unset."""
+    g = conv("ARG TARGETPLATFORM\nARG BUILDOS\nARG OTHER\nFROM busybox\nARG TARGETPLATFORM\nARG BUILDOS\n"
+             "ARG OTHER\nRUN x\n")
+    env = dict(e.split("=", 1) for e in execs(g)[0].env)
+    assert (env["TARGETPLATFORM"], env["BUILDOS"]) == ("linux/amd64", "linux")
+    assert "OTHER" not in env
+
+
+def test_copy_from_takes_the_last_stage_above() -> None:
+    """With duplicate names, --from takes the last stage of that name above it; one below is
+    not seen (and alone would be an error)."""
+    g = conv("FROM busybox AS x\nRUN one\nFROM busybox AS y\nCOPY --from=x /a /\nFROM busybox AS x\nRUN two\n",
+             target="y")
+    assert [r.args[-1] for r in execs(g)] == ["one"]
+
+
+def test_expose_with_host_port_keeps_the_container_port() -> None:
+    g = conv("FROM busybox\nEXPOSE 8080:80 127.0.0.1:53:53/udp 9000\n")
+    assert g.target.config.config.exposed_ports == ("53/udp", "80/tcp", "9000/tcp")
+
+
+@pytest.mark.parametrize("flag,want", [("linux", "linux/arm64/v8"), ("arm", "linux/arm"),
+                                       ("linux/amd64", "linux/amd64")])
+def test_from_platform_with_only_an_os_or_arch(flag: str, want: str) -> None:
+    arm = Platform(os="linux", architecture="arm64", variant="v8")
+    g = conv(f"FROM --platform={flag} busybox\nRUN x\n", build_platform=arm)
+    assert str(chain(g.target.vertex)[0].op.platform) == want
+
+
+def test_healthcheck_cmd_followed_by_a_tab() -> None:
+    g = conv("FROM busybox\nHEALTHCHECK CMD\tcurl -f x\nHEALTHCHECK --retries=2 CMD\t[\"a\", \"b\"]\n")
+    assert g.target.config.config.healthcheck.test == ("CMD", "a", "b")
+    g = conv("FROM busybox\nHEALTHCHECK CMD\tcurl -f x\n")
+    assert g.target.config.config.healthcheck.test == ("CMD-SHELL", "curl -f x")
+
+
+def test_onbuild_heredoc_trigger_fires_in_a_child_stage() -> None:
+    g = conv("FROM busybox AS base\nONBUILD RUN <<EOF\necho from-trigger\nEOF\nFROM base\nRUN after\n")
+    scripts = [" ".join(r.args) for r in execs(g)]
+    assert len(scripts) == 2 and "echo from-trigger" in scripts[0] and scripts[1].endswith("after")
+    assert g.target.config.config.onbuild == ()
+
+
+@pytest.mark.parametrize("line", ["RUN <<EOF", "RUN <<  EOF", "RUN <<- EOF", "RUN <<'EOF'"])
+def test_run_with_one_heredoc_alone_runs_its_body(line: str) -> None:
+    (run,) = execs(conv(f"FROM busybox\n{line}\necho body\nEOF\n"))
+    assert run.args == ("/bin/sh", "-c", "echo body\n")
+
+
+def test_copy_heredoc_with_a_space_after_the_operator() -> None:
+    g = conv("FROM busybox\nCOPY <<  EOF <<- 'B' /dst/\none\nEOF\n\ttwo\n\tB\n")
+    (src,) = [v.op for v in g.topological() if isinstance(v.op, InlineSource)]
+    assert [(f.name, f.data) for f in src.files] == [("EOF", b"one\n"), ("B", b"two\n")]
+
+
+def test_run_heredoc_with_more_text_goes_to_the_shell() -> None:
+    (run,) = execs(conv("FROM busybox\nRUN <<  EOF  > foo\nbody\nEOF\n"))
+    assert run.args == ("/bin/sh", "-c", "<<  EOF  > foo\nbody\nEOF")
 
 
 def test_proxy_build_args_reach_run_only() -> None:
@@ -273,8 +336,11 @@ def test_target_selection() -> None:
 
 @pytest.mark.parametrize("text,line,fragment", [
     ("RUN echo\n", 1, "no build stage"),
-    ("# only a comment\n", None, "no build stage"),
-    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "stage: a"),
+    ("# only a comment\n", None, "file with no instructions"),
+    ("FROM busybox AS a\nCOPY --from=b /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined before"),
+    ("FROM busybox AS a\nRUN --mount=from=b,target=/m x\nFROM busybox AS b\nCOPY --from=a /y /\n", 2,
+     "defined before"),
+    ("FROM busybox AS a\nCOPY --from=1 /x /\nFROM busybox AS b\nCOPY --from=a /y /\n", 2, "defined before"),
     ("FROM busybox AS a\nCOPY --from=a /x /\n", 2, "circular dependency"),
     ("FROM busybox\nRUN --mount=type=nope,target=/x y\n", 2, "mount type"),
     ("FROM busybox\nRUN --mount=type=cache y\n", 2, "target"),
@@ -302,12 +368,22 @@ def test_errors_raised_before_anything_is_resolved() -> None:
     assert res.calls == []
 
 
-def test_exec_form_ignores_text_after_the_json_array() -> None:
-    """BuildKit 20.10 decodes the first JSON value and ignores the rest (json-trailing-text)."""
+def test_exec_form_followed_by_text_is_shell_form() -> None:
+    """dockerfile 1.19 reads the whole argument text as JSON: a JSON array followed by more text
+    is shell form (20.10 decoded the first JSON value and ignored the rest)."""
     g = conv('FROM busybox\nRUN ["touch", "/x"] && touch /y\nCMD ["echo", "a"] trailing\n')
     (run,) = execs(g)
-    assert run.args == ("touch", "/x")
-    assert g.target.config.config.cmd == ("echo", "a")
+    assert run.args == ("/bin/sh", "-c", '["touch", "/x"] && touch /y')
+    assert g.target.config.config.cmd == ("/bin/sh", "-c", '["echo", "a"] trailing')
+
+
+@pytest.mark.parametrize("text", ['CMD ["a", 42]\n', 'RUN ["a", ["b"]]\n', 'ENTRYPOINT [null]\n',
+                                  'SHELL ["sh", true]\n', 'VOLUME ["/a", 1]\n', 'COPY ["a", 2]\n',
+                                  'HEALTHCHECK CMD ["a", 1.5]\n'])
+def test_json_array_of_non_strings_is_refused(text: str) -> None:
+    with pytest.raises(DockerfileError) as e:
+        conv("FROM busybox\n" + text)
+    assert e.value.line == 2 and "only strings" in e.value.message
 
 
 @pytest.mark.parametrize("src", ["https://github.com/moby/buildkit.git#v0.10.1", "git@github.com:moby/buildkit.git",
@@ -326,9 +402,21 @@ def test_chown_specs(spec, want) -> None:
     assert fop.actions[0].chown == want
 
 
-def test_chown_needs_a_user_or_group() -> None:
-    with pytest.raises(DockerfileError):
-        conv("FROM busybox\nCOPY --chown=: a /a\n")
+@pytest.mark.parametrize("text", ["COPY --chown=: a /a\n", "COPY --chown=${A}:${B} a /a\n",
+                                  "ARG A\nARG B\nCOPY --chown=$A:$B a /a\n"])
+def test_chown_with_empty_user_and_group_is_root(text: str) -> None:
+    """BuildKit accepts an empty user and group (unset variables): 0:0."""
+    g = conv("FROM busybox\n" + text)
+    (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert fop.actions[0].chown == Chown(user="", group="")
+
+
+@pytest.mark.parametrize("dest,want", [("/d/.", "/d/"), ("sub/.", "/w/sub/"), (".", "/w/"), ("/d", "/d")])
+def test_destination_ending_in_slash_dot_is_a_directory(dest: str, want: str) -> None:
+    g = conv(f"FROM busybox\nWORKDIR /w\nCOPY a {dest}\n")
+    (copy,) = [a for v in chain(g.target.vertex) if isinstance(v.op, FileOp) for a in v.op.actions
+               if isinstance(a, Copy)]
+    assert copy.dest == want
 
 
 def test_add_checksum_takes_one_source() -> None:

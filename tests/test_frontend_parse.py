@@ -135,3 +135,70 @@ def test_instruction_errors(text: str, line: int, fragment: str) -> None:
     assert e.value.line == line
     assert fragment in e.value.message
     assert str(e.value).startswith(f"Dockerfile:{line}: ")
+
+
+def test_escaped_escape_at_end_of_line_is_not_a_continuation() -> None:
+    raws = parse_dockerfile("FROM a\nENV C trailing\\\\backslash\\\\\nENV D next\nRUN a \\\\\\\n  b\n").instructions
+    assert [(r.keyword, r.rest, r.start_line, r.end_line) for r in raws] == [
+        ("FROM", "a", 1, 1), ("ENV", "C trailing\\\\backslash\\\\", 2, 2), ("ENV", "D next", 3, 3),
+        ("RUN", "a \\\\  b", 4, 5)]
+
+
+def test_escaped_backtick_at_end_of_line_is_not_a_continuation() -> None:
+    raws = parse_dockerfile("# escape=`\nFROM a\nRUN echo ``\nRUN b `\n c\n").instructions
+    assert [r.rest for r in raws] == ["a", "echo ``", "b  c"]
+
+
+@pytest.mark.parametrize("line,name,expand", [
+    ("RUN <<  EOF", "EOF", True), ("RUN <<  EOF  > foo", "EOF", True), ("RUN <<- EOF", "EOF", True),
+    ("RUN <<eo\\'f", "eo'f", True), ("RUN <<'e'o\\'f", "eo'f", False), ("RUN <<\"E\\\"F\"", 'E"F', False),
+    ("COPY <<  EOF /dst", "EOF", True)])
+def test_heredoc_delimiter_forms(line: str, name: str, expand: bool) -> None:
+    raws = parse_dockerfile(f"FROM a\n{line}\nbody\n{name}\nUSER u\n").instructions
+    (doc,) = raws[1].heredocs
+    assert (doc.name, doc.content, doc.expand) == (name, "body\n", expand)
+    assert raws[2].keyword == "USER"
+
+
+@pytest.mark.parametrize("line", ["RUN <<'EOF", 'RUN <<"EOF', "RUN <<EOF'", 'COPY <<"EOF /d'])
+def test_heredoc_delimiter_with_unbalanced_quote_is_an_error(line: str) -> None:
+    with pytest.raises(DockerfileError) as e:
+        parse_dockerfile(f"FROM a\n{line}\nx\nEOF\n")
+    assert e.value.line == 2
+
+
+def test_heredoc_in_onbuild_keeps_its_body_in_the_trigger() -> None:
+    raws = parse_dockerfile("FROM a\nONBUILD RUN <<EOF\necho hi\nEOF\nUSER u\n").instructions
+    assert [r.keyword for r in raws] == ["FROM", "ONBUILD", "USER"]
+    (ins,) = [parse_instruction(raws[1])]
+    assert isinstance(ins, I.Onbuild) and ins.expression == "RUN <<EOF\necho hi\nEOF"
+
+
+def test_heredoc_markers_in_exec_form_are_text() -> None:
+    raws = parse_dockerfile('FROM a\nRUN ["<<EOF"]\nONBUILD RUN ["<<EOF"]\nUSER u\n').instructions
+    assert [(r.keyword, r.heredocs) for r in raws] == [("FROM", ()), ("RUN", ()), ("ONBUILD", ()), ("USER", ())]
+
+
+def test_file_without_instructions_is_an_error() -> None:
+    for text in ("", "\n\n", "# a comment\n  # another\n", "# escape=`\n"):
+        with pytest.raises(DockerfileError):
+            parse_dockerfile(text)
+
+
+def test_crlf_and_bom() -> None:
+    raws = parse_dockerfile("\ufeff# escape=`\r\nFROM a\r\nRUN b `\r\n c\r\n").instructions
+    assert [r.rest for r in raws] == ["a", "b  c"]
+
+
+@pytest.mark.parametrize("head,escape", [
+    ("# escape=`\n", "`"), ("#  ESCAPE = `\n", "`"), ("# syntax=x\n# escape=`\n", "`"),
+    ("# unknown=1\n# escape=`\n", "\\"), ("\n# escape=`\n", "\\"), ("# note\n# escape=`\n", "\\"),
+    ("# escape=\n", "\\")])
+def test_parser_directives(head: str, escape: str) -> None:
+    assert parse_dockerfile(head + "FROM a\n").escape == escape
+
+
+@pytest.mark.parametrize("head", ["# escape=x\n", "# escape=`\n# escape=`\n"])
+def test_bad_or_repeated_escape_directive(head: str) -> None:
+    with pytest.raises(DockerfileError):
+        parse_dockerfile(head + "FROM a\n")
