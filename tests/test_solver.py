@@ -334,3 +334,11 @@ def test_a_malformed_cache_record_is_a_miss(tmp_path):
         rec.write_text('{"key": 5, "layer": [1, 2]}')
     fake_solver(tmp_path, src, step).solve(diamond())
     assert len(step.runs) == 6
+
+
+def test_a_chain_of_thousands_of_vertices_has_a_digest_without_recursion():
+    v = Vertex(op=ScratchSource())
+    for i in range(5000):
+        v = Vertex(op=ExecOp(args=(str(i),), env=()), inputs=(v,))
+    g = BuildGraph.from_target(Target(vertex=v, config=ImageConfig()))
+    assert len(g.graph) == 5001 and str(v.digest).startswith("sha256:")

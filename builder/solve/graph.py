@@ -37,7 +37,23 @@ class Vertex:
 
     @cached_property
     def digest(self) -> Digest:
-        payload = {"op": self.op.op_json(), "inputs": [str(i.digest) for i in self.inputs]}
+        """sha256 of the op and the input digests. Computed bottom-up without recursion, so a
+        chain of any length (thousands of stages) works."""
+        stack: list[Vertex] = [self]
+        while stack:
+            v = stack[-1]
+            todo = [i for i in v.inputs if "digest" not in i.__dict__]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            if "digest" not in v.__dict__:
+                v.__dict__["digest"] = v._own_digest()
+        return self.__dict__["digest"]  # type: ignore[no-any-return]
+
+    def _own_digest(self) -> Digest:
+        """The digest, once every input's is known."""
+        payload = {"op": self.op.op_json(), "inputs": [str(i.__dict__["digest"]) for i in self.inputs]}
         return Digest("sha256", hashlib.sha256(canonical_json(payload)).hexdigest())
 
     def __hash__(self) -> int:
