@@ -209,3 +209,45 @@ def test_protection_refused_by_the_environment_fails_the_step_naming_it():
     bad["relaxed"] = ["apparmor"]
     with pytest.raises(SpecError, match="unknown protection"):
         StepSpec.from_json(json.dumps(bad))
+
+
+@pytest.mark.parametrize("snapshotter", ["native", "overlay"])
+def test_readonly_bind_from_stage_cannot_be_remounted_to_poison_the_stored_snapshot(
+        pybuild, workdir, base_layout, who, snapshotter):
+    """The copying snapshotter binds a stage's stored snapshot: with SYS_ADMIN a step could
+    remount it read-write and change `FROM` for every later build (cache poisoning)."""
+    name = f"{who or 'root'}-{snapshotter}"
+    stage = "FROM base AS x\nRUN echo clean > /f\n"
+    attack = (stage + "FROM base\nRUN --mount=type=bind,from=x,target=/x "
+              "mount -o remount,rw /x 2>/dev/null; echo \"REMOUNT=$?\"; "
+              "mount -o remount,rw,bind /x 2>/dev/null; echo \"REMOUNT_BIND=$?\"; "
+              "echo poison 2>/dev/null > /x/f; echo \"WRITE=$?\"; echo \"AFTER=$(cat /x/f)\"\n")
+    later = stage + "FROM x\nRUN echo \"LATER=$(cat /f)\"\n"
+    out: dict[str, str] = {}
+    for i, df in enumerate((attack, later)):      # the second build reuses x's stored snapshot
+        ctx = make_context(workdir / f"ctx-{name}-{i}", {"Dockerfile": df}, owner=who)
+        r = pybuild("build", str(ctx), "--build-context", f"base=oci-layout://{base_layout}:latest",
+                    "--progress", "plain", user=who, root=workdir / f"root-{name}",
+                    env={"PYBUILD_SNAPSHOTTER": snapshotter})
+        assert r.returncode == 0, r.stderr
+        out.update(re.findall(r"#\d+ ([A-Z_]+)=(.*)", r.stderr))
+    assert "0" not in (out["REMOUNT"], out["REMOUNT_BIND"], out["WRITE"]), out
+    assert out["AFTER"] == out["LATER"] == "clean"
+
+
+def test_workdir_in_proc_self_fd_gives_no_host_directory_cve_2024_21626(pybuild, workdir, base_layout, who):
+    """runc CVE-2024-21626: a WORKDIR under /proc/self/fd reached a host directory through a
+    leaked fd. Every fd above 2 is closed before the step's chdir, so nothing leaks."""
+    name = who or "root"
+    outs = []
+    for fd in range(3, 9):
+        ctx = make_context(workdir / f"ctx-{name}-{fd}", {"Dockerfile": f"FROM base\nWORKDIR /proc/self/fd/{fd}\n"
+                                                         "RUN echo \"CWD=$(ls -a ../../.. | tr '\\n' ' ')\"\n"},
+                           owner=who)
+        r = pybuild("build", str(ctx), "--build-context", f"base=oci-layout://{base_layout}:latest",
+                    "--progress", "plain", "--no-cache", user=who, root=workdir / f"root-{name}")
+        outs.append((fd, r.returncode, r.stderr[-400:]))
+        if r.returncode == 0:      # only if the step saw a directory: never the host's root
+            assert "CWD=" in r.stderr
+            assert "pybuild" not in r.stderr.split("CWD=")[1].split("\n")[0]
+    assert all(rc != 0 for _, rc, _ in outs), outs
