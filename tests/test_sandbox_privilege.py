@@ -251,3 +251,14 @@ def test_workdir_in_proc_self_fd_gives_no_host_directory_cve_2024_21626(pybuild,
             assert "CWD=" in r.stderr
             assert "pybuild" not in r.stderr.split("CWD=")[1].split("\n")[0]
     assert all(rc != 0 for _, rc, _ in outs), outs
+
+
+def test_id_outside_the_subordinate_range_is_not_reported_as_no_range():
+    from builder.errors import IdMappingError
+    from builder.sandbox.userns import IdMap, require_ids
+    with pytest.raises(IdMappingError) as e:
+        require_ids(IdMap(size=65536, setgroups=True, user="u"), 1000, 70000, what="USER big")
+    assert "needs id(s) 70000" in str(e.value) and "0-65535" in str(e.value)
+    assert "no subordinate id range" not in str(e.value) and "usermod" not in str(e.value)
+    with pytest.raises(IdMappingError, match="no subordinate id range"):
+        require_ids(IdMap(size=1, setgroups=False, user="u"), 1000, what="USER app")
