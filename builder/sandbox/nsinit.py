@@ -6,6 +6,12 @@ and a status pipe on fd `spec.status_fd`. It imports only the standard library a
 stdlib-only modules `builder.sandbox.{spec,linux,users}` and `builder.layer.inroot`, so that it
 starts fast; everything is imported before pivot_root (no lazy import works after it).
 
+Protections (each one the kernel refuses fails the step, unless waived in `spec.relaxed`):
+/proc and /sys masked and read-only as in runc's default spec; the command holds only BuildKit's
+default RUN capabilities (bounding, permitted, effective; inheritable and ambient empty), runs
+with no_new_privs and under a seccomp filter refusing what Docker's default profile refuses
+(`builder.sandbox.linux.SeccompFilter`).
+
 Process layout: this process unshares pid/mount/ipc/uts (and net for network=none) and forks;
 the child is pid 1 of the step: it mounts the rootfs, /proc, /dev, /etc/hosts, resolv.conf and
 the step's mounts, reports the mount-point stubs it had to create (`StepReport` on the status
@@ -20,22 +26,32 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import struct
 import sys
 
 from builder.layer import inroot
 from builder.sandbox.linux import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS,
-                                   MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                                   MS_REC, bind, mount, overlay_options, pivot_root, set_pdeathsig,
-                                   sethostname, umount, unshare)
+                                   DEFAULT_RUN_CAPS, MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID,
+                                   MS_PRIVATE, MS_RDONLY, MS_REC, SeccompFilter, bind, cap_mask,
+                                   limit_caps, mount, overlay_options, pivot_root, set_no_new_privs,
+                                   set_pdeathsig, sethostname, umount, unshare)
 from builder.sandbox.spec import SetupFailure, SpecError, StepMount, StepReport, StepSpec
 from builder.sandbox.users import UnknownUser, read_group, read_passwd, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable, TypeVar
     from builder.sandbox.spec import FailureKind
+    R = TypeVar("R")
 
 SETUP_FAILED = 125
+# runc's default spec: masked (files: /dev/null bound over them; directories: an empty read-only
+# tmpfs) and read-only paths of /proc and /sys, relative to their mount points.
+MASKED_PROC = ("acpi", "asound", "interrupts", "kcore", "keys", "latency_stats", "timer_list",
+               "timer_stats", "sched_debug", "scsi")
+READONLY_PROC = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+MASKED_SYS = ("firmware", "devices/virtual/powercap")
 
 
 class SetupError(Exception):
@@ -117,6 +133,39 @@ def _mount_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
+def _protect(name: str, spec: StepSpec, fn: Callable[[], R]) -> R | None:
+    """Apply protection `name` (one of spec.PROTECTIONS); when the kernel or the environment
+    refuses it the step fails naming it, unless the user waived it (then None)."""
+    try:
+        return fn()
+    except OSError as e:
+        if name in spec.relaxed:
+            return None
+        raise SetupError("setup", f"{name}: {e} (this protection is required for RUN steps)") from None
+
+
+def _mask_proc_sys(proc: str, sys_dir: str) -> None:
+    """Mask and make read-only what runc's default spec does, in the fresh /proc and /sys at
+    the host paths `proc` and `sys_dir` (kernel-made trees: no step-made symlink is there)."""
+    def mask(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISDIR(st.st_mode):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=555")
+        elif not stat.S_ISLNK(st.st_mode):
+            bind("/dev/null", path, readonly=True)
+    for rel in MASKED_PROC:
+        mask(os.path.join(proc, rel))
+    for rel in MASKED_SYS:
+        mask(os.path.join(sys_dir, rel))
+    for rel in READONLY_PROC:
+        path = os.path.join(proc, rel)
+        if os.path.lexists(path) and not os.path.islink(path):
+            bind(path, path, readonly=True, recursive=True)
+
+
 def _mount_sys(target: str, own_net: bool) -> None:
     try:
         if own_net:
@@ -162,9 +211,12 @@ def setup_root(spec: StepSpec) -> Stubs:
     else:
         bind(rf.path, root, readonly=False)
     stubs = Stubs(root)
-    mount("proc", stubs.target("/proc", file=False), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    proc = stubs.target("/proc", file=False)
+    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount_dev(stubs.target("/dev", file=False))
-    _mount_sys(stubs.target("/sys", file=False), spec.network == "none")
+    sys_dir = stubs.target("/sys", file=False)
+    _mount_sys(sys_dir, spec.network == "none")
+    _protect("masked-paths", spec, lambda: _mask_proc_sys(proc, sys_dir))
     for name, src in (("hosts", spec.etc_hosts), ("resolv.conf", spec.etc_resolv_conf)):
         if src:
             try:
@@ -183,10 +235,11 @@ def enter_root(root: str) -> None:
     os.chdir("/")
 
 
-def exec_command(spec: StepSpec) -> None:
+def exec_command(spec: StepSpec, seccomp: SeccompFilter | None) -> None:
     """Become the step's command, as pid 1 of its namespace (as runc does: `$$` is 1 and
-    /proc/1/comm is the shell). Returns only by raising SetupError; an exec failure exits 127/126
-    with a message on stderr, like a shell would."""
+    /proc/1/comm is the shell), holding only `DEFAULT_RUN_CAPS` (none after a change to a non-root
+    USER), with no_new_privs and the `seccomp` filter. Returns only by raising SetupError; an exec
+    failure exits 127/126 with a message on stderr, like a shell would."""
     try:
         ids = resolve_user(spec.user, read_passwd("/etc/passwd"), read_group("/etc/group"))
     except UnknownUser as e:
@@ -200,6 +253,10 @@ def exec_command(spec: StepSpec) -> None:
     os.makedirs(cwd, 0o755, exist_ok=True)
     env = {k: v for k, _, v in (e.partition("=") for e in spec.env)}
     env.setdefault("HOME", ids.home)       # as runc/BuildKit: from passwd when the image has none
+    _protect("capabilities", spec, lambda: limit_caps(cap_mask(DEFAULT_RUN_CAPS)))
+    _protect("no-new-privs", spec, set_no_new_privs)
+    if seccomp is not None:                # last: nothing below makes a call the filter refuses
+        _protect("seccomp", spec, seccomp.load)
     try:
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -225,12 +282,13 @@ def pid1(spec: StepSpec) -> int:
     status_fd = spec.status_fd
     try:
         stubs = setup_root(spec)
+        seccomp = _protect("seccomp", spec, SeccompFilter)    # built while the host's libraries are reachable
         os.write(status_fd, stubs.report().to_line())
         if spec.network == "none":
             _lo_up()
         sethostname(spec.hostname)
         enter_root(spec.mountpoint)
-        exec_command(spec)
+        exec_command(spec, seccomp)
     except SetupError as e:
         os.write(status_fd, SetupFailure(kind=e.kind, message=str(e)).to_line())
     except OSError as e:

@@ -25,6 +25,9 @@ _ROOT_TYPES: dict[str, Literal["overlay", "bind"]] = {"overlay": "overlay", "bin
 _MOUNT_KINDS: dict[str, MountKind] = {"bind": "bind", "overlay": "overlay", "tmpfs": "tmpfs"}
 _NETWORKS: dict[str, Network] = {"default": "default", "none": "none", "host": "host"}
 _FAILURE_KINDS: dict[str, FailureKind] = {"idmap": "idmap", "user": "user", "setup": "setup"}
+# The protections a step's init applies (see builder.sandbox.nsinit); each one the kernel or the
+# environment refuses fails the step, unless the user waived it (`StepSpec.relaxed`).
+PROTECTIONS = ("capabilities", "masked-paths", "no-new-privs", "seccomp")
 
 
 class SpecError(ValueError):
@@ -75,6 +78,14 @@ def _choice(d: dict[str, object], key: str, allowed: dict[str, T], what: str) ->
     return allowed[v]
 
 
+def _relaxed(d: dict[str, object], what: str) -> tuple[str, ...]:
+    v = _strs(d, "relaxed", what)
+    bad = [x for x in v if x not in PROTECTIONS]
+    if bad:
+        raise SpecError(f"{what}: unknown protection(s) {', '.join(bad)} (known: {', '.join(PROTECTIONS)})")
+    return v
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RootFs:
     """The step's writable root: an overlay (`lower` top-first, `upper`, `work`) or a directory
@@ -123,7 +134,9 @@ class StepSpec:
     """One RUN step: the process (`args`, `env` as KEY=VALUE, `cwd`, `user` as in USER), its
     root (`rootfs` mounted at `mountpoint`), its `mounts`, `network` ("none": an own network
     namespace with lo only), `hostname`, the worker's /etc/hosts and resolv.conf to bind, the id
-    map it runs under (`idmap_size` ids, `setgroups` allowed or not) and the fd of the status pipe."""
+    map it runs under (`idmap_size` ids, `setgroups` allowed or not), the fd of the status pipe, and
+    the `PROTECTIONS` the user waived (`relaxed`: the step goes on without those the environment
+    refuses, instead of failing)."""
     version: int = SPEC_VERSION
     mountpoint: str
     rootfs: RootFs
@@ -139,6 +152,7 @@ class StepSpec:
     idmap_size: int
     setgroups: bool
     status_fd: int = 3
+    relaxed: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -165,7 +179,8 @@ class StepSpec:
                    mounts=tuple(StepMount.from_dict(_dict(m, "mount")) for m in mounts),
                    hostname=_str(d, "hostname", w), etc_hosts=_str(d, "etc_hosts", w),
                    etc_resolv_conf=_str(d, "etc_resolv_conf", w), idmap_size=_int(d, "idmap_size", w),
-                   setgroups=_bool(d, "setgroups", w), status_fd=_int(d, "status_fd", w))
+                   setgroups=_bool(d, "setgroups", w), status_fd=_int(d, "status_fd", w),
+                   relaxed=_relaxed(d, w))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

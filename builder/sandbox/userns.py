@@ -112,8 +112,17 @@ def _run(argv: list[str]) -> None:
         raise SandboxError(f"{argv[0]} failed ({r.returncode}): {r.stderr.strip()}")
 
 
+def unmapped_reason(idmap: IdMap) -> str:
+    """Why an id is not mapped under `idmap`, and what to do: no subordinate range at all (add
+    one), or an id past the mapped ones (a range exists, the id is outside it)."""
+    if idmap.size <= 1:
+        return how_to_add_range(idmap.user)
+    return (f"the sandbox of user {idmap.user!r} maps ids 0-{idmap.size - 1} only (its own id and "
+            f"{idmap.size - 1} ids of its subordinate range); use an id in that range")
+
+
 def require_ids(idmap: IdMap, *ids: int, what: str) -> None:
     """Raise IdMappingError unless every id is mapped."""
     bad = sorted({i for i in ids if not idmap.can_map(i)})
     if bad:
-        raise IdMappingError(f"{what} needs id(s) {', '.join(map(str, bad))}: {how_to_add_range(idmap.user)}")
+        raise IdMappingError(f"{what} needs id(s) {', '.join(map(str, bad))}: {unmapped_reason(idmap)}")
