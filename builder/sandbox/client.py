@@ -51,7 +51,7 @@ def nsinit_argv() -> tuple[str, ...]:
 
 def _worker_argv() -> tuple[str, ...]:
     boot = f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); from builder.sandbox.server import main; main()"
-    return (sys.executable, "-c", boot)
+    return (sys.executable, "-c", boot, str(os.getpid()))     # the worker watches this pid
 
 
 class _Pending:

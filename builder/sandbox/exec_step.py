@@ -12,6 +12,7 @@ from builder.errors import BuildCancelled, ExecError, IdMappingError, SandboxErr
 from builder.image.view import LayerRef
 from builder.sandbox.commit import finish_layer, relink_copied_up, remove_stubs
 from builder.sandbox.context import StepContext
+from builder.sandbox.initpool import kill_step
 from builder.sandbox.mounts import MountEnv, exec_mounts
 from builder.sandbox.protocol import Chunk, RunExec
 from builder.sandbox.spec import RootFs, SetupFailure, SpecError, StepReport, StepSpec, parse_status_line
@@ -87,7 +88,7 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
         if r_st >= 0:
             os.close(r_st)
         if p.poll() is None:
-            p.kill()
+            kill_step(p.pid)
             p.wait()
     return _Outcome(code=code, tail=tail, lines=lines)
 

@@ -5,7 +5,6 @@ operations). Created by `builder.sandbox.server` once the namespace is entered.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import tempfile
@@ -15,7 +14,7 @@ from typing import Callable
 
 from builder.errors import SandboxError
 from builder.sandbox import linux
-from builder.sandbox.initpool import InitPool, StartedInit
+from builder.sandbox.initpool import InitPool, StartedInit, kill_step
 from builder.sandbox.protocol import Config, WorkerMessage
 from builder.sandbox.userns import IdMap
 from builder.store.content import ContentStore
@@ -110,7 +109,7 @@ class Workspace:
                 return
             self._running[rid] = proc
         if self.cancelled:
-            proc.kill()
+            kill_step(proc.pid)
 
     # -------------------------------------------------------------- lifecycle
     def cancel(self) -> None:
@@ -119,10 +118,8 @@ class Workspace:
         with self._lock:
             procs = list(self._running.values())
         for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except OSError:
-                pass
+            if p.poll() is None:
+                kill_step(p.pid)
 
     def close(self) -> None:
         self._inits.close()
