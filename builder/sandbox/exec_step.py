@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from builder.errors import BuildCancelled, ExecError, IdMappingError, SandboxError
 from builder.image.view import LayerRef
@@ -64,8 +66,17 @@ def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -
                     rootfs=RootFs(type=rf.type, lower=tuple(rf.lower), upper=rf.upper, work=rf.work, path=rf.path),
                     args=tuple(op.args), env=tuple(env + env_extra), cwd=op.cwd or "/", user=op.user,
                     network=op.network, mounts=tuple(mounts), hostname="buildkitsandbox",
-                    etc_hosts=str(ctx.tmp / "hosts"), etc_resolv_conf=str(ctx.tmp / "resolv.conf"),
+                    etc_hosts=_own_copy(ctx.tmp / "hosts", menv.sd),
+                    etc_resolv_conf=_own_copy(ctx.tmp / "resolv.conf", menv.sd),
                     idmap_size=ctx.cfg.idmap_size, setgroups=ctx.cfg.setgroups, status_fd=-1)
+
+
+def _own_copy(src: Path, sd: Path) -> str:
+    """The step's own copy of a worker file it gets bound read-only (/etc/hosts, resolv.conf): a
+    step that remounts it read-write changes only its copy, never what later steps see."""
+    dst = sd / src.name
+    shutil.copyfile(src, dst)
+    return str(dst)
 
 
 def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outcome:
