@@ -115,3 +115,49 @@ def test_copying_snapshotter_without_overlay_views_gets_a_private_copy(tmp_path)
         assert out == "original\nhello\n"
     for p in _files_named(tmp_path / "ro:ot", "x-file") + _files_named(tmp_path / "ro:ot", "motd"):
         assert b"poisoned" not in p.read_bytes(), p
+
+
+# ---------------------------------------------------------------------- post-step clean-up
+
+def _sentinel(top: Path, owner: str | None) -> Path:
+    """A host tree shaped like what the worker touches after a step: empty dirs `b/c` (a stub
+    path below a planted `a`), empty files `hosts`, `resolv.conf` (stubs below a planted `etc`)
+    and a hard-link group's names."""
+    s = top / f"sentinel-{uuid.uuid4().hex[:8]}"
+    (s / "b" / "c").mkdir(parents=True)
+    (s / "hosts").write_bytes(b"")
+    (s / "resolv.conf").write_bytes(b"")
+    (s / "keep").write_text("host data\n")
+    if owner:
+        import shutil
+        for p in [s, *s.rglob("*")]:
+            shutil.chown(p, owner, owner)
+    return s
+
+
+def _snapshot_tree(root: Path) -> dict[str, tuple]:
+    out = {}
+    for p in [root, *root.rglob("*")]:
+        st = os.lstat(p)
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_nlink, st.st_size, st.st_mtime_ns,
+                                         p.read_bytes() if p.is_file() else None)
+    return out
+
+
+@pytest.mark.parametrize("snapshotter", SNAPSHOTTERS)
+@pytest.mark.parametrize("user", USERS)
+def test_symlinks_planted_at_stub_and_hardlink_parents_leave_host_unchanged(pybuild, workdir, base_image,
+                                                                           unpriv_user, user, snapshotter):
+    """The step replaces the parents of its mount-point stubs (`/a` of a tmpfs at /a/b/c, `/etc`
+    of the /etc/hosts and resolv.conf stubs) and of a copied-up hard link's other name with
+    symlinks to a host tree; the worker's clean-up after the step must not touch that tree."""
+    sent = _sentinel(workdir, unpriv_user if user != "root" else None)
+    before = _snapshot_tree(sent)
+    hostile = (f"mv /a /a2 && ln -s {sent} /a; mv /etc /etc2 && ln -s {sent} /etc; "
+               f"echo more >> /h/one; mv /g /g2 && ln -s {sent} /g; true")
+    r = _build(pybuild, workdir, user, unpriv_user, snapshotter, (
+        f"FROM {base_image}\n"
+        "RUN rm -f /etc/hosts /etc/resolv.conf; mkdir /h /g && echo data > /h/one && ln /h/one /g/one\n"
+        f"RUN --mount=type=tmpfs,target=/a/b/c {hostile}\n"))
+    assert r.returncode == 0, r.stderr
+    assert _snapshot_tree(sent) == before
