@@ -79,7 +79,7 @@ def kill_everything() -> None:
 
 def _watch(pidfd: int, ppid: int) -> None:
     import builder.sandbox.initpool      # loaded now: the death path must not wait for an import
-    assert builder.sandbox.initpool.kill_step
+    assert callable(builder.sandbox.initpool.kill_step)
     if pidfd >= 0:
         p = select.poll()
         p.register(pidfd, select.POLLIN)
