@@ -33,6 +33,7 @@ class _Outcome:
     code: int
     tail: bytes
     lines: tuple[bytes, ...]
+    oom: bool = False
 
 
 def run_exec(ctx: StepContext, req: RunExec) -> LayerRef | None:
@@ -85,6 +86,7 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
     p, r_out, r_st = init.proc, init.out_r, init.status_r
     ctx.track(rid, p)
     try:
+        ctx.confine(rid, p.pid)
         assert p.stdin is not None
         p.stdin.write(replace(spec, status_fd=init.child_status_fd).to_json().encode())
         p.stdin.close()
@@ -93,6 +95,7 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
         with os.fdopen(r_st, "rb") as f:
             r_st = -1
             lines = tuple(x for x in f.read().splitlines() if x.strip())
+        oom = ctx.oom_killed(rid)
     finally:
         ctx.track(rid, None)
         os.close(r_out)
@@ -101,7 +104,8 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
         if p.poll() is None:
             kill_step(p.pid)
             p.wait()
-    return _Outcome(code=code, tail=tail, lines=lines)
+        ctx.release(rid)
+    return _Outcome(code=code, tail=tail, lines=lines, oom=oom)
 
 
 def _pump(ctx: StepContext, rid: int, fd: int, stream: bool) -> bytes:
@@ -141,6 +145,8 @@ def _check(ctx: StepContext, req: RunExec, out: _Outcome) -> StepReport:
     if out.code != 0:
         out_tail = "\n".join(text.splitlines()[-TAIL_LINES:])
         cmd = " ".join(req.op.args)
-        raise ExecError(f"process \"{cmd}\" did not complete successfully: exit code: {out.code}",
+        why = (f" (killed: the step went over its memory limit of {ctx.cfg.step_memory} bytes)"
+               if out.oom else "")
+        raise ExecError(f"process \"{cmd}\" did not complete successfully: exit code: {out.code}{why}",
                         exit_code=out.code, output_tail=out_tail)
     return report or StepReport()
