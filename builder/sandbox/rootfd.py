@@ -82,13 +82,13 @@ class RootDir:
             yield fd, parts[-1]
 
     def lstat(self, rel: str) -> os.stat_result | None:
-        """The entry's own stat, None when it is unreachable."""
+        """The entry's own stat, None when it is unreachable (or cannot be searched)."""
         try:
             if not _parts(rel):
                 return os.fstat(self.fd)
             with self.parent(rel) as (fd, name):
                 return os.lstat(name, dir_fd=fd)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             return None
 
     def listdir(self, rel: str) -> list[str]:
