@@ -150,8 +150,8 @@ class InitPool:
                 continue
             try:
                 new = start_init(self._argv)
-            except OSError:
-                continue                 # the next take starts one itself and reports the error
+            except Exception:  # noqa: BLE001 - the next take starts one itself and reports the error
+                continue
             with self._cond:
                 keep = not self._closed and self._spare is None
                 if keep:
@@ -181,12 +181,12 @@ class _Order:
     def __init__(self) -> None:
         self.done = threading.Event()
         self.init: StartedInit | None = None
-        self.error: OSError | None = None
+        self.error: Exception | None = None
 
     def fill(self, argv: tuple[str, ...]) -> None:
         try:
             self.init = start_init(argv)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - raised in the taker's thread
             self.error = e
         self.done.set()
 
