@@ -10,6 +10,7 @@ handles requests concurrently); `cancel()` may be called from a signal handler.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -40,6 +41,10 @@ class SandboxOptions:
     snapshotter: Literal["auto", "overlay", "native"] = "auto"
     compression: Compression = Compression.GZIP
     source_date_epoch: int | None = None
+    step_memory: int | None = None      # bytes of memory a RUN step may use (needs a delegated cgroup v2)
+    step_pids: int | None = None        # processes a RUN step may have at once (the same)
+    step_log_limit: int | None = None   # bytes of a step's output passed on; the rest is clipped
+    step_log_dir: Path | None = None    # where each RUN step's full output is written (step-<n>.log)
 
 
 def nsinit_argv() -> tuple[str, ...]:
@@ -51,7 +56,7 @@ def nsinit_argv() -> tuple[str, ...]:
 
 def _worker_argv() -> tuple[str, ...]:
     boot = f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); from builder.sandbox.server import main; main()"
-    return (sys.executable, "-c", boot)
+    return (sys.executable, "-c", boot, str(os.getpid()))     # the worker watches this pid
 
 
 class _Pending:
@@ -83,6 +88,7 @@ class Worker:
         self._log: IO[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._dead: str | None = None
+        self._log_names = itertools.count(1)
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Worker":
@@ -114,7 +120,8 @@ class Worker:
                 root=str(root), store_root=str(self.store.root), snapshotter=self.options.snapshotter,
                 compression=Compression(self.options.compression), source_date_epoch=self.options.source_date_epoch,
                 idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv(),
-                cancel_fd=cancel_r)     # the same number in the worker (pass_fds)
+                cancel_fd=cancel_r,     # the same number in the worker (pass_fds)
+                step_memory=self.options.step_memory, step_pids=self.options.step_pids)
             protocol.write_message(self._proc.stdin, cfg)
             first = protocol.read_from_worker(self._proc.stdout)
         except BaseException:
@@ -170,8 +177,9 @@ class Worker:
         """Run `op` over `base`; stream its stdout+stderr to `output`; return the new layer (its
         blob in the store, its snapshot installed) or None when the step changed nothing.
         Raises ExecError on a non-zero exit, IdMappingError when the user needs unmapped ids."""
-        reply = self._call(lambda rid: RunExec(id=rid, base=tuple(base), op=op, mount_sources=dict(mount_sources),
-                                               secrets=dict(secrets), stream=output is not None), output)
+        with _StepLog(output, self.options, self._log_names) as log:
+            reply = self._call(lambda rid: RunExec(id=rid, base=tuple(base), op=op, mount_sources=dict(mount_sources),
+                                                   secrets=dict(secrets), stream=log.wanted), log.write)
         return _layer(reply)
 
     def run_file(self, *, base: Chain, op: FileOp, sources: Mapping[int, Source]) -> LayerRef | None:
@@ -266,6 +274,44 @@ class Worker:
             return self._log.read().decode("utf-8", "replace").strip()
         except (OSError, ValueError):
             return ""
+
+
+class _StepLog:
+    """One RUN step's output on its way to the caller's `output`: every byte into
+    `step_log_dir/step-<n>.log` when set, at most `step_log_limit` bytes passed on (then one
+    "[output clipped ...]" line, naming the file), so that no step's log grows without bound in
+    memory downstream."""
+
+    def __init__(self, output: Callable[[bytes], None] | None, opts: SandboxOptions,
+                 names: "itertools.count[int]") -> None:
+        self.output, self.limit, self.passed, self.clipped = output, opts.step_log_limit, 0, False
+        self.file: IO[bytes] | None = None
+        self.path: Path | None = None
+        if opts.step_log_dir is not None:
+            self.path = Path(opts.step_log_dir) / f"step-{next(names)}.log"
+            self.file = open(self.path, "wb")
+        self.wanted = output is not None or self.file is not None
+
+    def __enter__(self) -> "_StepLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def write(self, data: bytes) -> None:
+        if self.file is not None:
+            self.file.write(data)
+        if self.output is None or self.clipped:
+            return
+        if self.limit is not None and self.passed + len(data) > self.limit:
+            self.output(data[: self.limit - self.passed])
+            where = f"; the full log is in {self.path}" if self.path else ""
+            self.output(f"\n[output clipped, log limit {self.limit} bytes reached{where}]\n".encode())
+            self.clipped = True
+            return
+        self.passed += len(data)
+        self.output(data)
 
 
 def _layer(reply: Reply) -> LayerRef | None:

@@ -47,6 +47,19 @@ class StepContext(Protocol):
         """A started step init, waiting for its spec (builder.sandbox.initpool)."""
         ...
 
+    def confine(self, rid: int, pid: int) -> None:
+        """Put `pid` (the init of request `rid`, before it starts the step) under the per-step
+        limits, if any were asked for (SandboxError if that fails)."""
+        ...
+
+    def oom_killed(self, rid: int) -> bool:
+        """Did request `rid`'s step hit its memory limit?"""
+        ...
+
+    def release(self, rid: int) -> None:
+        """Drop what `confine` made, once the step's processes are gone."""
+        ...
+
     def track(self, rid: int, proc: "subprocess.Popen[bytes] | None") -> None:
         """Register (proc) or forget (None) the running process of request `rid`, so that a
         cancel kills it; a process registered after a cancel is killed at once."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from builder.errors import BuildCancelled, ExecError, IdMappingError, SandboxError
 from builder.image.view import LayerRef
 from builder.sandbox.commit import finish_layer, relink_copied_up, remove_stubs
 from builder.sandbox.context import StepContext
+from builder.sandbox.initpool import kill_step
 from builder.sandbox.mounts import MountEnv, exec_mounts
 from builder.sandbox.protocol import Chunk, RunExec
 from builder.sandbox.spec import RootFs, SetupFailure, SpecError, StepReport, StepSpec, parse_status_line
@@ -30,6 +33,7 @@ class _Outcome:
     code: int
     tail: bytes
     lines: tuple[bytes, ...]
+    oom: bool = False
 
 
 def run_exec(ctx: StepContext, req: RunExec) -> LayerRef | None:
@@ -63,8 +67,17 @@ def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -
                     rootfs=RootFs(type=rf.type, lower=tuple(rf.lower), upper=rf.upper, work=rf.work, path=rf.path),
                     args=tuple(op.args), env=tuple(env + env_extra), cwd=op.cwd or "/", user=op.user,
                     network=op.network, mounts=tuple(mounts), hostname="buildkitsandbox",
-                    etc_hosts=str(ctx.tmp / "hosts"), etc_resolv_conf=str(ctx.tmp / "resolv.conf"),
+                    etc_hosts=_own_copy(ctx.tmp / "hosts", menv.sd),
+                    etc_resolv_conf=_own_copy(ctx.tmp / "resolv.conf", menv.sd),
                     idmap_size=ctx.cfg.idmap_size, setgroups=ctx.cfg.setgroups, status_fd=-1)
+
+
+def _own_copy(src: Path, sd: Path) -> str:
+    """The step's own copy of a worker file it gets bound read-only (/etc/hosts, resolv.conf): a
+    step that remounts it read-write changes only its copy, never what later steps see."""
+    dst = sd / src.name
+    shutil.copyfile(src, dst)
+    return str(dst)
 
 
 def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outcome:
@@ -73,6 +86,7 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
     p, r_out, r_st = init.proc, init.out_r, init.status_r
     ctx.track(rid, p)
     try:
+        ctx.confine(rid, p.pid)
         assert p.stdin is not None
         p.stdin.write(replace(spec, status_fd=init.child_status_fd).to_json().encode())
         p.stdin.close()
@@ -81,15 +95,17 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
         with os.fdopen(r_st, "rb") as f:
             r_st = -1
             lines = tuple(x for x in f.read().splitlines() if x.strip())
+        oom = ctx.oom_killed(rid)
     finally:
         ctx.track(rid, None)
         os.close(r_out)
         if r_st >= 0:
             os.close(r_st)
         if p.poll() is None:
-            p.kill()
+            kill_step(p.pid)
             p.wait()
-    return _Outcome(code=code, tail=tail, lines=lines)
+        ctx.release(rid)
+    return _Outcome(code=code, tail=tail, lines=lines, oom=oom)
 
 
 def _pump(ctx: StepContext, rid: int, fd: int, stream: bool) -> bytes:
@@ -129,6 +145,8 @@ def _check(ctx: StepContext, req: RunExec, out: _Outcome) -> StepReport:
     if out.code != 0:
         out_tail = "\n".join(text.splitlines()[-TAIL_LINES:])
         cmd = " ".join(req.op.args)
-        raise ExecError(f"process \"{cmd}\" did not complete successfully: exit code: {out.code}",
+        why = (f" (killed: the step went over its memory limit of {ctx.cfg.step_memory} bytes)"
+               if out.oom else "")
+        raise ExecError(f"process \"{cmd}\" did not complete successfully: exit code: {out.code}{why}",
                         exit_code=out.code, output_tail=out_tail)
     return report or StepReport()

@@ -13,18 +13,20 @@ import os
 import posixpath
 import re
 import secrets as _secrets
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from builder.errors import SandboxError, SourceError
-from builder.image.view import HostDir, Source
+from builder.image.view import ChainSource, HostDir, Source
 from builder.layer import inroot
 from builder.sandbox.context import StepContext
 from builder.sandbox.fileop import SourceDir, apply_file_op
 from builder.sandbox.spec import StepMount
 from builder.sandbox.userns import require_ids
-from builder.sandbox.views import source_path
+from builder.sandbox.views import source_path, step_view
 from builder.solve import ops
 from builder.store.snapshot import copy_tree
 
@@ -69,15 +71,24 @@ def _bind_mount(env: MountEnv, m: ops.Mount, n: int) -> StepMount:
         # are thrown away with it.
         src = _filled_from_context(source, m.source or "/", env.sd / f"ctx{n}")
         return StepMount(kind="bind", src=src, target=m.target, readonly=m.readonly, file=not os.path.isdir(src))
-    base, _ = source_path(env.ctx, source, env.sd / f"b{n}", env.stack)
+    if not isinstance(source, ChainSource):
+        raise SandboxError(f"bind mount {m.target}: unknown source {source!r}")
+    sd = env.sd
+    # Read-only: the step's own view (never the stored snapshot: a step may remount its binds
+    # read-write). Writable: a copy, or an overlay over the view, whose writes are thrown away.
+    if m.readonly:
+        base = step_view(env.ctx, source.chain, sd / f"b{n}", env.stack)
+    else:
+        base, _ = source_path(env.ctx, source, sd / f"b{n}", env.stack)
     try:
         src = inroot.resolve(base, m.source or "/", missing="raise")
     except FileNotFoundError as e:
         raise SourceError(f"bind mount {m.target}: source {m.source!r} not found") from e
     is_file = not os.path.isdir(src)
-    if m.readonly or is_file:
-        return StepMount(kind="bind", src=src, target=m.target, readonly=m.readonly, file=is_file)
-    sd = env.sd
+    if m.readonly:
+        return StepMount(kind="bind", src=src, target=m.target, readonly=True, file=is_file)
+    if is_file:
+        return _private_file(env, src, m, n)
     if env.ctx.snap.name == "native":        # no overlay here: a throw-away copy
         copy_tree(Path(src), sd / f"rw{n}")
         return StepMount(kind="bind", src=str(sd / f"rw{n}"), target=m.target, readonly=False)
@@ -87,6 +98,23 @@ def _bind_mount(env: MountEnv, m: ops.Mount, n: int) -> StepMount:
     empty = sd / "empty"
     empty.mkdir(exist_ok=True)
     return StepMount(kind="overlay", lower=(src, str(empty)), upper=str(up), work=str(wk), target=m.target)
+
+
+def _private_file(env: MountEnv, src: str, m: ops.Mount, n: int) -> StepMount:
+    """A writable bind of a file of a chain: a copy of a regular file (writes are thrown away);
+    anything else (a fifo, a socket) from the step's own read-only view."""
+    if not stat.S_ISREG(os.stat(src).st_mode):
+        source = env.sources[m.input] if m.input is not None else None
+        assert isinstance(source, ChainSource)
+        view = step_view(env.ctx, source.chain, env.sd / f"bf{n}", env.stack)
+        own = inroot.resolve(view, m.source or "/", missing="raise")
+        return StepMount(kind="bind", src=own, target=m.target, readonly=True, file=True)
+    dst = env.sd / f"rw{n}"
+    shutil.copy2(src, dst, follow_symlinks=False)
+    st = os.stat(src)
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    return StepMount(kind="bind", src=str(dst), target=m.target, readonly=False, file=True)
 
 
 def _filled_from_context(source: HostDir, subpath: str, dest: Path) -> str:

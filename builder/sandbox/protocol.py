@@ -49,6 +49,8 @@ class Config:
     user: str
     nsinit_argv: tuple[str, ...]
     cancel_fd: int = -1         # the worker's end of the cancel pipe (-1: none)
+    step_memory: int | None = None      # per-step memory limit in bytes (a delegated cgroup v2)
+    step_pids: int | None = None        # per-step process limit (a delegated cgroup v2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +160,8 @@ _SOURCE = (HostDir, ChainSource)
 _FIELD_TYPES: dict[type, dict[str, _Type]] = {
     Config: {"root": str, "store_root": str, "snapshotter": str, "compression": Compression,
              "source_date_epoch": (int, type(None)), "idmap_size": int, "setgroups": bool, "user": str,
-             "nsinit_argv": tuple, "cancel_fd": int},
+             "nsinit_argv": tuple, "cancel_fd": int, "step_memory": (int, type(None)),
+             "step_pids": (int, type(None))},
     Ready: {"snapshotter": str},
     RunExec: {"id": int, "base": tuple, "op": ExecOp, "mount_sources": dict, "secrets": dict, "stream": bool},
     RunFile: {"id": int, "base": tuple, "op": FileOp, "sources": dict},

@@ -13,7 +13,7 @@ from builder.image.view import Chain, ChainSource, HostDir, Source
 from builder.sandbox import linux
 from builder.sandbox.context import StepContext
 from builder.sandbox.protocol import Chunk
-from builder.store.snapshot import remove_tree
+from builder.store.snapshot import copy_tree, remove_tree
 
 
 class ChunkSink:
@@ -49,6 +49,33 @@ def mount_view(ctx: StepContext, chain: Chain, where: Path, stack: contextlib.Ex
     where.mkdir(parents=True, exist_ok=True)
     linux.mount("overlay", str(where), "overlay", linux.MS_RDONLY, linux.overlay_options(list(spec.lower), None, None))
     stack.callback(linux.umount, str(where), linux.MNT_DETACH)
+    return str(where)
+
+
+def step_view(ctx: StepContext, chain: Chain, where: Path, stack: contextlib.ExitStack) -> str:
+    """A read-only view of `chain` that belongs to one step and is never the stored snapshot
+    itself: a step that remounts its bind read-write (CAP_SYS_ADMIN in its namespace allows
+    that) must not change what later steps and builds see. The overlay snapshotter's view is a
+    fresh overlay without an upper dir (its superblock refuses a read-write remount). The copying
+    snapshotter's stored tree gets the same: a read-only overlay over it, mounted for this step,
+    or (where overlay cannot be mounted, or the path cannot be written in its options) a private
+    copy, thrown away with the step."""
+    spec = ctx.snap.view(chain)
+    if spec.type == "overlay":
+        return mount_view(ctx, chain, where, stack)
+    if not any(c in spec.path for c in ",:\\"):
+        empty = where.with_name(where.name + "-e")
+        where.mkdir(parents=True, exist_ok=True)
+        empty.mkdir(exist_ok=True)
+        try:
+            linux.mount("overlay", str(where), "overlay", linux.MS_RDONLY,
+                        linux.overlay_options([spec.path, str(empty)], None, None))
+        except OSError:
+            where.rmdir()
+        else:
+            stack.callback(linux.umount, str(where), linux.MNT_DETACH)
+            return str(where)
+    copy_tree(Path(spec.path), where)
     return str(where)
 
 

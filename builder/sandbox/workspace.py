@@ -5,7 +5,6 @@ operations). Created by `builder.sandbox.server` once the namespace is entered.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import tempfile
@@ -15,7 +14,8 @@ from typing import Callable
 
 from builder.errors import SandboxError
 from builder.sandbox import linux
-from builder.sandbox.initpool import InitPool, StartedInit
+from builder.sandbox.cgroups import CgroupUnavailable, Limits, StepCgroups
+from builder.sandbox.initpool import InitPool, StartedInit, children, kill_step
 from builder.sandbox.protocol import Config, WorkerMessage
 from builder.sandbox.userns import IdMap
 from builder.store.content import ContentStore
@@ -45,8 +45,27 @@ class Workspace:
         linux.mount("tmpfs", str(self.secrets), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
         self._write_etc()
         self.snap: Snapshotter = make_snapshotter(self._snapshotter_kind(), self.root, self.store)
+        self.cgroups = self._step_cgroups()
         self._inits = InitPool(cfg.nsinit_argv)
         self._inits.prime()
+
+    def _step_cgroups(self) -> StepCgroups | None:
+        """The step cgroups when a limit was asked for; SandboxError (saying why and what to
+        do) when they cannot be had: an asked-for limit is never dropped silently."""
+        limits = Limits(memory=self.cfg.step_memory, pids=self.cfg.step_pids)
+        if not limits.controllers():
+            return None
+        me, parent = os.getpid(), os.getppid()
+        ours = {me, parent}
+        todo = [parent]
+        while todo:
+            kids = children(todo.pop())
+            ours.update(kids)
+            todo += kids
+        try:
+            return StepCgroups.setup(limits, ours, tag=str(me))
+        except CgroupUnavailable as e:
+            raise SandboxError(f"cannot limit RUN steps' memory/processes: {e}") from None
 
     def _snapshotter_kind(self) -> str:
         kind, root = self.cfg.snapshotter, self.cfg.root
@@ -110,7 +129,21 @@ class Workspace:
                 return
             self._running[rid] = proc
         if self.cancelled:
-            proc.kill()
+            kill_step(proc.pid)
+
+    def confine(self, rid: int, pid: int) -> None:
+        if self.cgroups is not None:
+            try:
+                self.cgroups.enter(rid, pid)
+            except OSError as e:
+                raise SandboxError(f"cannot move the RUN step into its cgroup: {e}") from e
+
+    def oom_killed(self, rid: int) -> bool:
+        return self.cgroups is not None and self.cgroups.oom_killed(rid)
+
+    def release(self, rid: int) -> None:
+        if self.cgroups is not None:
+            self.cgroups.leave(rid)
 
     # -------------------------------------------------------------- lifecycle
     def cancel(self) -> None:
@@ -119,10 +152,8 @@ class Workspace:
         with self._lock:
             procs = list(self._running.values())
         for p in procs:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except OSError:
-                pass
+            if p.poll() is None:
+                kill_step(p.pid)
 
     def close(self) -> None:
         self._inits.close()
