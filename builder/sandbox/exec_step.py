@@ -18,7 +18,7 @@ from builder.sandbox.initpool import kill_step
 from builder.sandbox.mounts import MountEnv, exec_mounts
 from builder.sandbox.protocol import Chunk, RunExec
 from builder.sandbox.spec import RootFs, SetupFailure, SpecError, StepReport, StepSpec, parse_status_line
-from builder.sandbox.userns import how_to_add_range
+from builder.sandbox.userns import unmapped_reason
 from builder.sandbox.views import step_dir
 from builder.store.snapshot import Active
 
@@ -134,7 +134,7 @@ def _check(ctx: StepContext, req: RunExec, out: _Outcome) -> StepReport:
             raise SandboxError(f"cannot set up the RUN sandbox: {e}") from None
         if isinstance(status, SetupFailure):
             if status.kind == "idmap":
-                raise IdMappingError(f"{status.message}: {how_to_add_range(ctx.cfg.user)}")
+                raise IdMappingError(f"{status.message}: {unmapped_reason(ctx.idmap())}")
             if status.kind == "user":
                 raise SandboxError(status.message)
             raise SandboxError(f"cannot set up the RUN sandbox: {status.message}")

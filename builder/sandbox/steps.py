@@ -19,7 +19,7 @@ from builder.sandbox.commit import finish_layer
 from builder.sandbox.context import StepContext
 from builder.sandbox.fileop import SourceDir, apply_file_op
 from builder.sandbox.protocol import ExportRootfs, RunFile
-from builder.sandbox.userns import how_to_add_range
+from builder.sandbox.userns import unmapped_reason
 from builder.sandbox.views import ChunkSink, mount_view, source_path, step_dir
 from builder.store.snapshot import copy_tree
 
@@ -45,7 +45,7 @@ def run_file(ctx: StepContext, req: RunFile) -> LayerRef | None:
                 apply_file_op(root, req.op, srcs)
             except OSError as e:
                 if e.errno == errno.EINVAL and ctx.cfg.idmap_size == 1:
-                    raise IdMappingError(f"file operation failed ({e}): {how_to_add_range(ctx.cfg.user)}") from e
+                    raise IdMappingError(f"file operation failed ({e}): {unmapped_reason(ctx.idmap())}") from e
                 raise
         return finish_layer(ctx, active)
     except BaseException:
