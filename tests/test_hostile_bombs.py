@@ -205,3 +205,32 @@ def test_stored_blob_read_to_the_end_and_verified(tmp_path):
     with pytest.raises(DigestMismatchError):
         snap.ensure((layer,))
     assert [p.name for p in snap.dir.iterdir() if not p.name.endswith(".lock")] == ["empty"]
+
+
+@pytest.mark.parametrize("type_", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_huge_extended_header_refused_before_it_is_read(tmp_path, type_):
+    """tarfile reads a PAX header or a GNU long name whole: a 1 GiB one is refused at once."""
+    ti = tarfile.TarInfo("././@PaxHeader" if type_ == tarfile.XHDTYPE else "././@LongLink")
+    ti.type, ti.size = type_, 1 << 30
+    raw = ti.tobuf(tarfile.GNU_FORMAT) + bytes(8192)
+    t0 = time.monotonic()
+    with pytest.raises(LayerError, match="layer y: extended header"):
+        apply_layer(io.BytesIO(raw), tmp_path, whiteouts="delete", what="layer y", max_bytes=None)
+    assert time.monotonic() - t0 < 2
+
+
+def test_every_store_reader_verifies_a_replaced_blob(tmp_path):
+    """`open` and `open_verified` both check the digest (there is no unverified reader), and a
+    size that does not match is an error."""
+    from builder.errors import StoreError
+    store = ContentStore(tmp_path / "store")
+    d, size = store.put_bytes(b"original content")
+    store.path(d).write_bytes(b"replaced content")
+    for reader in (store.open(d), store.open_verified(d, size)):
+        with reader as f, pytest.raises(DigestMismatchError):
+            while f.read(4):
+                pass
+    d2, size2 = store.put_bytes(b"fine")
+    with store.open_verified(d2, size2 + 1) as f, pytest.raises(StoreError, match="expected 5"):
+        f.read()
+        f.read()

@@ -35,6 +35,7 @@ __all__ = ["apply_layer"]
 _OPQ = OPAQUE_WHITEOUT.encode()
 _WH = WHITEOUT_PREFIX.encode()
 _MAX_ID = (1 << 32) - 2
+MAX_HEADER_BYTES = 16 << 20     # one PAX header / GNU long name (many large xattrs fit)
 
 
 def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay", "delete", "archive"],
@@ -57,17 +58,40 @@ def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay
     ap = _Applier(Path(dest), whiteouts, max_bytes, what, lowers)
     try:
         with tarfile.open(fileobj=CappedReader(tar_stream, max_bytes, what=what),  # type: ignore[call-overload]
-                          mode="r|", encoding="utf-8", errors="surrogateescape", bufsize=CHUNK) as tf:
+                          mode="r|", encoding="utf-8", errors="surrogateescape", bufsize=CHUNK,
+                          tarinfo=_HeaderCappedTarInfo) as tf:
             for member in tf:
                 try:
                     ap.apply(tf, member)
                 except (OSError, ValueError, OverflowError) as e:
                     raise LayerError(f"{what}: entry {member.name!r}: {_reason(e)}") from e
         ap.finish()
+    except LayerError as e:
+        if e.message.startswith(what):
+            raise
+        raise LayerError(f"{what}: {e.message}") from e
     except PybuildError:
         raise
     except _decode_errors() as e:
         raise LayerError(f"{what}: not a readable tar stream: {_reason(e)}") from e
+
+
+class _HeaderCappedTarInfo(tarfile.TarInfo):
+    """tarfile reads a PAX header or a GNU long name whole into memory: one larger than
+    MAX_HEADER_BYTES is refused before it is read."""
+
+    def _proc_pax(self, tarfile):  # type: ignore[no-untyped-def]
+        _check_header(self)
+        return super()._proc_pax(tarfile)  # type: ignore[misc]
+
+    def _proc_gnulong(self, tarfile):  # type: ignore[no-untyped-def]
+        _check_header(self)
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc]
+
+
+def _check_header(ti: tarfile.TarInfo) -> None:
+    if ti.size > MAX_HEADER_BYTES:
+        raise LayerError(f"extended header of {ti.size} bytes (more than {MAX_HEADER_BYTES}) refused")
 
 
 def _reason(e: BaseException) -> str:
