@@ -243,6 +243,35 @@ def test_path_deeper_than_path_max_is_a_layer_error(host, mode):
         apply(root, [(_ti("/".join(["d" * 200] * 30) + "/f"), b"x")], mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_entry_after_a_replaced_symlink_resolves_anew(host, mode):
+    """Names under a symlink that an entry then replaces by a directory resolve to the new
+    directory (the applier's memo of directories is dropped)."""
+    root, _ = host
+    apply(root, [(_ti("t", tarfile.DIRTYPE), None), (_ti("l", tarfile.SYMTYPE, "t"), None),
+                 (_ti("l/sub", tarfile.DIRTYPE), None), (_ti("l/sub/x"), b"x"), (_ti("l", tarfile.DIRTYPE), None),
+                 (_ti("l/sub/y"), b"y"), (_ti("t/sub", tarfile.DIRTYPE), None),
+                 (_ti(".wh.t"), b""), (_ti("t", tarfile.DIRTYPE), None), (_ti("t/sub/z"), b"z")], mode)
+    assert sorted(os.listdir(root / "l/sub")) == ["y"]
+    assert sorted(os.listdir(root / "t/sub")) == ["z"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_deep_nesting_is_linear_and_capped(host, mode):
+    """A chain of directories is applied in time linear in its depth (no walk of the whole path
+    per entry); names deeper than MAX_DEPTH are refused (their walk would cost depth squared)."""
+    import time
+    from builder.layer.apply import MAX_DEPTH
+    root, _ = host
+    entries = [(_ti("/".join(["d"] * k), tarfile.DIRTYPE), None) for k in range(1, MAX_DEPTH)]
+    entries += [(_ti("/".join(["d"] * (MAX_DEPTH - 1)) + f"/f{i}"), b"") for i in range(2000)]
+    t0 = time.monotonic()
+    apply(root, entries, mode)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(LayerError, match="deep"):
+        apply(root, [(_ti("/".join(["d"] * (MAX_DEPTH + 1))), b"")], mode)
+
+
 def test_malformed_stream_is_a_layer_error(host):
     root, _ = host
     raw = tar_bytes([(_ti("f"), b"x" * 5000)])
@@ -273,6 +302,8 @@ UPPERS = {
                                (_ti("etc/via-symlink", tarfile.LNKTYPE, "lib/a"), None)],
     "opaque-through-symlink": [(_ti("share/.wh..wh..opq"), b""), (_ti("share/fresh"), b"fresh")],
     "whiteout-through-symlink": [(_ti("lib/.wh.a"), b"")],
+    "dir-replaces-lower-symlink": [(_ti("lib/x"), b"x"), (_ti("lib/sub/x"), b"x"), (_ti("lib", tarfile.DIRTYPE), None),
+                                   (_ti("lib/sub", tarfile.DIRTYPE), None), (_ti("lib/sub/y"), b"y")],
     "whiteout-then-recreate": [(_ti("usr/.wh.lib"), b""), (_ti("usr/lib", tarfile.DIRTYPE), None),
                                (_ti("usr/lib/only"), b"only")],
 }
@@ -283,9 +314,11 @@ EXPECT = {
     "opaque-through-symlink": {"usr/share/fresh": b"fresh"},
     "whiteout-through-symlink": {"usr/lib/b": b"b"},
     "whiteout-then-recreate": {"usr/lib/only": b"only"},
+    "dir-replaces-lower-symlink": {"usr/lib/x": b"x", "usr/lib/sub/x": b"x", "lib/sub/y": b"y"},
 }
 ABSENT = {"child-of-lower-symlink": [], "hardlink-to-lower-file": [], "opaque-through-symlink":
-          ["usr/share/old"], "whiteout-through-symlink": ["usr/lib/a"], "whiteout-then-recreate": ["usr/lib/a"]}
+          ["usr/share/old"], "whiteout-through-symlink": ["usr/lib/a"], "whiteout-then-recreate": ["usr/lib/a"],
+          "dir-replaces-lower-symlink": ["usr/lib/sub/y", "lib/x", "lib/sub/x"]}
 
 _LIST = r"""
 import hashlib, json, os, stat, sys
@@ -329,7 +362,8 @@ def test_lower_layer_cases_same_tree_with_both_snapshotters(tmp_path, case):
         assert (tree / rel).read_bytes() == data, rel
     for rel in ABSENT[case]:
         assert not os.path.lexists(tree / rel), rel
-    assert os.readlink(tree / "lib") == "usr/lib" and os.readlink(tree / "share") == "/usr/share"
+    assert os.readlink(tree / "share") == "/usr/share"
+    assert (tree / "lib").is_symlink() == (case != "dir-replaces-lower-symlink")
     lowers = OverlaySnapshotter(tmp_path / "root", store).lowers(chain)
     assert len(lowers) == 2
     assert merged_listing(lowers, tmp_path) == native_listing(tree)

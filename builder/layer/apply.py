@@ -36,6 +36,8 @@ _OPQ = OPAQUE_WHITEOUT.encode()
 _WH = WHITEOUT_PREFIX.encode()
 _MAX_ID = (1 << 32) - 2
 MAX_HEADER_BYTES = 16 << 20     # one PAX header / GNU long name (many large xattrs fit)
+MAX_DEPTH = 128                 # path components of one entry name: each costs a walk of the path
+_MAX_CACHED = 1 << 16
 
 
 def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay", "delete", "archive"],
@@ -117,6 +119,10 @@ class _Applier:
         self.dir_times: list[tuple[bytes, int]] = []
         self.unpacked: set[bytes] = set()
         self.view = MergedView(dest, lowers) if whiteouts == "overlay" else None
+        # Directories this layer made or found, by name: an entry under one needs no new walk.
+        # Only removing a directory or hiding (whiteout, opaque, copy-up) can change what a
+        # name resolves to, and every such change clears it.
+        self.dirs: dict[tuple[bytes, ...], tuple[bytes, tuple[bytes, ...]]] = {}
 
     def _parts(self, name: str) -> list[bytes]:
         if self.whiteouts == "archive":
@@ -124,9 +130,47 @@ class _Applier:
         parts = _split(name)
         if b".." in parts:
             raise LayerError(f"{self.what}: entry {name!r} climbs out of the root with '..'")
+        if len(parts) > MAX_DEPTH:
+            raise LayerError(f"{self.what}: entry {name[:200]!r}... is more than {MAX_DEPTH} directories deep")
         return parts
 
+    def _remove(self, path: bytes) -> None:
+        st = lstat_or_none(path)
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                self.dirs.clear()
+            remove_path(Path(os.fsdecode(path)))
+
+    def _forget_if_shadowing(self, path: bytes, logical: tuple[bytes, ...], isdir: bool) -> None:
+        """Clear `dirs` when an entry replaces or hides a symlink, or a directory with a
+        non-directory: names under it may resolve elsewhere now."""
+        st = lstat_or_none(path)
+        if st is not None:
+            link, is_dir = stat.S_ISLNK(st.st_mode), stat.S_ISDIR(st.st_mode)
+        elif self.view is not None:
+            low = self.view.lower(logical)
+            link = low.kind == "other" and stat.S_ISLNK(os.lstat(low.other).st_mode)
+            is_dir = low.kind == "dir"
+        else:
+            return
+        if link or (is_dir and not isdir):
+            self.dirs.clear()
+
     def _parent(self, parts: list[bytes], *, create: bool = True) -> tuple[bytes | None, tuple[bytes, ...]]:
+        known = self.dirs.get(tuple(parts[:-1]))
+        if known is not None:
+            return known
+        host, logical = self._walk(parts, create=create)
+        if host is not None and create:
+            self._remember(tuple(parts[:-1]), host, logical)
+        return host, logical
+
+    def _remember(self, key: tuple[bytes, ...], host: bytes, logical: tuple[bytes, ...]) -> None:
+        if len(self.dirs) >= _MAX_CACHED:
+            self.dirs.clear()
+        self.dirs[key] = (host, logical)
+
+    def _walk(self, parts: list[bytes], *, create: bool) -> tuple[bytes | None, tuple[bytes, ...]]:
         """Host path of the directory holding `parts` (created unless `create` is false: then
         None when it is not there) and its resolved path inside the root."""
         if self.view is not None:
@@ -153,7 +197,7 @@ class _Applier:
         if st is not None and stat.S_ISDIR(st.st_mode):
             return
         if st is not None:
-            remove_path(Path(os.fsdecode(path)))
+            self._remove(path)
         os.mkdir(path, 0o755)
 
     def apply(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -176,13 +220,15 @@ class _Applier:
         assert parent is not None
         path = parent + b"/" + parts[-1]
         self.unpacked.add(path)
+        self._forget_if_shadowing(path, logical + (parts[-1],), m.isdir())
         if m.isdir():
             self._mkdir(path, logical + (parts[-1],))
+            self._remember(tuple(parts), path, logical + (parts[-1],))
         elif m.islnk():
             self._hardlink(path, m)
             return
         else:
-            remove_path(Path(os.fsdecode(path)))
+            self._remove(path)
             if m.isreg():
                 self._write_file(tf, m, path)
             elif m.issym():
@@ -243,7 +289,7 @@ class _Applier:
             if os.path.samestat(st, tst):
                 self._meta(path, m)
                 return
-            remove_path(Path(os.fsdecode(path)))
+            self._remove(path)
         os.link(target, path, follow_symlinks=False)
         if not stat.S_ISLNK(tst.st_mode):
             self._meta(path, m)
@@ -259,6 +305,7 @@ class _Applier:
         parent, _ = self._parent(parts, create=False)
         if parent is None:
             return   # nothing there to hide
+        self.dirs.clear()
         if base == _OPQ:
             self._opaque(parent)
             return
