@@ -11,6 +11,12 @@ ids). Two snapshotters share one small interface:
 - `NativeSnapshotter`: `<root>/sn/<hex>/fs` is the full tree; a step works on a copy of it
   (owners, modes, xattrs, hardlinks and mtimes preserved) and its diff is a tree comparison.
 
+Layers come from registries and are hostile input: each is applied by `builder.layer.apply`
+(every name resolved inside the root; an overlay layer's parents resolved in the merged tree of
+the layers below it, so both snapshotters give the tree a full extraction gives), verified against
+its digest and diff_id while it is read (to the end), and capped against decompression bombs by
+the snapshotter's `ExpandLimit`. A layer that fails leaves nothing: its temp dir is removed.
+
 Snapshots are built in a temp dir beside their final place and renamed into it under a
 per-snapshot flock, so concurrent builds wanting the same chain never corrupt each other; an
 existing snapshot is never replaced. Missing snapshots are created from the layer blobs in the
