@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import shutil
 import stat
 import tarfile
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from typing import BinaryIO, Iterable, Literal
 from builder.image.oci import Compression
 from builder.layer import inroot
 from builder.layer.compression import CHUNK, Compressor
+from builder.layer.merged import OPAQUE_XATTRS, SKIP_XATTR_PREFIXES
+from builder.layer.rmtree import remove_tree
 from builder.image.digest import Digest, DigestingWriter
 from builder.errors import IdMappingError, LayerError
 
@@ -33,8 +34,8 @@ __all__ = ["Change", "LayerStats", "write_layer", "resolve_in_root", "remove_pat
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-_OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
-_SKIP_XATTR_PREFIXES = ("user.overlay.", "trusted.overlay.", "security.selinux")
+_OPAQUE_XATTRS = OPAQUE_XATTRS                 # overlay's opaque markers (builder.layer.merged)
+_SKIP_XATTR_PREFIXES = SKIP_XATTR_PREFIXES     # xattrs never copied into or out of a layer
 ID_MAPPING_HINT = ("this needs a subordinate uid/gid range: add one to /etc/subuid and /etc/subgid, "
                    "e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER`")
 
@@ -93,15 +94,9 @@ def lchown_mapped(path: Path | bytes, uid: int, gid: int, *, what: str = "") -> 
 
 
 def remove_path(p: Path) -> None:
-    """Remove whatever is at `p` (never following a symlink); no error if nothing is there."""
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(p)
-    else:
-        os.unlink(p)
+    """Remove whatever is at `p` (never following a symlink, without recursion whatever the
+    depth); no error if nothing is there."""
+    remove_tree(p)
 
 
 def _lgetxattr(p: bytes | str, name: str) -> bytes | None:

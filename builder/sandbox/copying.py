@@ -16,6 +16,7 @@ from typing import Callable
 from builder.errors import SourceError
 from builder.layer.apply import apply_layer
 from builder.layer.compression import detect_compression, open_uncompressed
+from builder.layer.limits import ExpandLimit
 from builder.layer.pathmatch import PathMatcher
 from builder.layer.tar import _SKIP_XATTR_PREFIXES, CHUNK, remove_path, resolve_in_root
 from builder.sandbox.dest import lchown, mkdir_all, resolve_chown
@@ -186,7 +187,10 @@ def _is_archive(path: Path) -> bool:
         return False
 
 
-def copy_action(root: Path, a: ops.Copy, src: SourceDir) -> None:
+def copy_action(root: Path, a: ops.Copy, src: SourceDir, *, limit: ExpandLimit = ExpandLimit()) -> None:
+    """Copy (ADD: or unpack) the sources of `a` from `src` into `root`. An archive that expands
+    beyond `limit` (for its size on disk) raises LayerError naming it, before the file that
+    passes the limit is written."""
     ignore = PathMatcher(src.excludes)
     matches: list[SourceMatch] = []
     for pat in a.src_paths:
@@ -201,10 +205,11 @@ def copy_action(root: Path, a: ops.Copy, src: SourceDir) -> None:
                  exclude=PathMatcher(a.exclude), ignore=ignore)
     for m in matches:
         cp.inodes.clear()
-        _copy_one(root, cp, a, m, src)
+        _copy_one(root, cp, a, m, src, limit)
 
 
-def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceDir) -> None:
+def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceDir,
+              limit: ExpandLimit) -> None:
     try:
         st = os.lstat(m.host)
     except FileNotFoundError:
@@ -228,7 +233,8 @@ def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceD
     elif a.unpack and stat.S_ISREG(st.st_mode) and _is_archive(m.host):
         mkdir_all(root, dst, 0o755, dirs_owner)
         with open(m.host, "rb") as f, open_uncompressed(f) as u:
-            apply_layer(u, dst, whiteouts="archive")
+            apply_layer(u, dst, whiteouts="archive", max_bytes=limit.budget(os.fstat(f.fileno()).st_size),
+                        what=f"archive {m.rel}")
         return
     elif dest_slash or dst.is_dir():
         mkdir_all(root, dst, 0o755, dirs_owner)

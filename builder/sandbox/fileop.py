@@ -20,7 +20,8 @@ Semantics follow BuildKit's copy (fsutil) as shipped with Docker 20.10 plus curr
 - `chmod` (permission bits only: setuid/setgid/sticky are dropped) applies to every copied entry
   but not to an already-existing or parent-created destination directory. mtimes are kept.
 - `unpack` (ADD): a local tar (plain, gzip, bzip2, xz, zstd; detected by content) is extracted
-  into dest, keeping owners/modes/links; anything else is copied.
+  into dest, keeping owners/modes/links, capped by `limit` against decompression bombs; anything
+  else is copied.
 - `exclude` patterns match relative to each source, `SourceDir.excludes` (.dockerignore) relative
   to the source root; `parents` keeps the source's directories below an optional "/./" pivot.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Mapping
 
 from builder.errors import SourceError
+from builder.layer.limits import ExpandLimit
 from builder.layer.tar import remove_path, resolve_in_root
 from builder.sandbox.copying import copy_action
 from builder.sandbox.dest import lchown, mkdir_all, resolve_chown
@@ -71,16 +73,19 @@ def _mkfile_action(root: Path, a: ops.Mkfile) -> None:
     os.chmod(target, a.mode & 0o7777)
 
 
-def apply_file_op(root: Path, op: ops.FileOp, sources: Mapping[int, SourceDir]) -> None:
+def apply_file_op(root: Path, op: ops.FileOp, sources: Mapping[int, SourceDir], *,
+                  limit: ExpandLimit = ExpandLimit()) -> None:
     """Apply `op.actions` in order to the writable directory `root`. `sources[i]` is the tree of
     the op's input i (Copy.src). Raises SourceError for missing sources or impossible targets,
-    IdMappingError when an owner cannot be set in this user namespace."""
+    IdMappingError when an owner cannot be set in this user namespace, LayerError for an ADD
+    archive that is unsafe or expands beyond `limit` (a decompression bomb). On an error `root`
+    may hold part of the op: the caller discards it (the worker aborts the snapshot)."""
     root = Path(root)
     for action in op.actions:
         if isinstance(action, ops.Copy):
             if action.src not in sources:
                 raise SourceError(f"copy source input {action.src} is not available")
-            copy_action(root, action, sources[action.src])
+            copy_action(root, action, sources[action.src], limit=limit)
         elif isinstance(action, ops.Mkdir):
             _mkdir_action(root, action)
         elif isinstance(action, ops.Mkfile):

@@ -3,7 +3,8 @@
 Contract (umoci-like, narrow):
 - `put` / `writer` stream into an ingest file, fsync it, check size and digest, rename it into
   place and fsync the directory: atomic and idempotent; a crash leaves at most a stray ingest file.
-- readers get a fresh stream per `open`; `open_verified` checks the digest when fully read.
+- readers get a fresh stream per `open` / `open_verified`, both checking the digest as they
+  read (at the end: read to the end); there is no unverified reader.
 - several processes may share one store: renames are atomic and the tag table is guarded by
   a cross-process flock (fcntl), never by in-memory locks alone.
 """
@@ -87,8 +88,8 @@ def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
 
 class VerifyingReader:
     """Reads a stream, hashing as it goes; raises DigestMismatchError as soon as the bytes read
-    reach `size` (or the end) and their digest is not `expected`, or when there are more bytes
-    than `size`. A consumer that stops early verifies nothing: read to the end."""
+    reach `size` (or the end) and their digest is not `expected`, StoreError when there are more
+    or fewer bytes than `size`. A consumer that stops early verifies nothing: read to the end."""
 
     def __init__(self, inner: BinaryIO, expected: Digest, size: int | None = None, *, what: str = "blob") -> None:
         self._inner = inner
@@ -111,6 +112,8 @@ class VerifyingReader:
             actual = Digest(self._expected.algorithm, self._hash.hexdigest())
             if actual != self._expected:
                 raise DigestMismatchError(str(self._expected), str(actual), self._what)
+            if self._size is not None and self._n != self._size:
+                raise StoreError(f"{self._what} {self._expected}: {self._n} bytes, expected {self._size}")
         return b
 
     def readable(self) -> bool:
@@ -222,19 +225,25 @@ class ContentStore:
     def size(self, d: Digest) -> int:
         return self.path(d).stat().st_size
 
-    def open(self, d: Digest) -> BinaryIO:
+    def _open_raw(self, d: Digest) -> BinaryIO:
         try:
             return open(self.path(d), "rb")
         except FileNotFoundError as e:
             raise StoreError(f"blob {d} not in store") from e
 
+    def open(self, d: Digest) -> VerifyingReader:
+        """A new stream of blob `d`, checked against `d` as it is read (DigestMismatchError
+        when the end is reached and the bytes are not `d`'s: a reader must read to the end).
+        There is no unverified reader: a replaced blob never reaches an output."""
+        return VerifyingReader(self._open_raw(d), d, what="stored blob")
+
     def open_verified(self, d: Digest, size: int | None = None) -> VerifyingReader:
-        """Like open, but the bytes are checked against `d` (and `size`) as they are read."""
-        return VerifyingReader(self.open(d), d, size, what="stored blob")
+        """Like open, and more than `size` bytes (or fewer at the end) are an error too."""
+        return VerifyingReader(self._open_raw(d), d, size, what="stored blob")
 
     def read_bytes(self, d: Digest, *, max_size: int = 16 << 20) -> bytes:
         """Read a small blob (manifest, config) whole, verifying digest and size cap."""
-        with self.open(d) as f:
+        with self._open_raw(d) as f:
             data = f.read(max_size + 1)
         if len(data) > max_size:
             raise StoreError(f"blob {d} larger than {max_size} bytes")

@@ -11,6 +11,12 @@ ids). Two snapshotters share one small interface:
 - `NativeSnapshotter`: `<root>/sn/<hex>/fs` is the full tree; a step works on a copy of it
   (owners, modes, xattrs, hardlinks and mtimes preserved) and its diff is a tree comparison.
 
+Layers come from registries and are hostile input: each is applied by `builder.layer.apply`
+(every name resolved inside the root; an overlay layer's parents resolved in the merged tree of
+the layers below it, so both snapshotters give the tree a full extraction gives), verified against
+its digest and diff_id while it is read (to the end), and capped against decompression bombs by
+the snapshotter's `ExpandLimit`. A layer that fails leaves nothing: its temp dir is removed.
+
 Snapshots are built in a temp dir beside their final place and renamed into it under a
 per-snapshot flock, so concurrent builds wanting the same chain never corrupt each other; an
 existing snapshot is never replaced. Missing snapshots are created from the layer blobs in the
@@ -28,11 +34,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 from builder.errors import SandboxError
 from builder.image.view import Chain, chain_id
-from builder.layer.compression import open_uncompressed
+from builder.layer.compression import CHUNK, open_uncompressed
+from builder.layer.limits import CappedReader, ExpandLimit
 from builder.layer.apply import apply_layer
 from builder.layer.diff import overlay_changes, tree_changes
 from builder.layer.tar import Change, remove_path
@@ -181,9 +188,10 @@ def _copy_meta(sp: bytes, dp: bytes, st: os.stat_result, owners: bool) -> None:
 class _Base:
     name = ""
 
-    def __init__(self, root: Path, store: ContentStore) -> None:
+    def __init__(self, root: Path, store: ContentStore, *, limit: ExpandLimit = ExpandLimit()) -> None:
         self.root = root
         self.store = store
+        self.limit = limit
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -211,12 +219,22 @@ class _Base:
                 remove_tree(tmp)
                 raise
 
-    def _apply_blob(self, chain: Chain, i: int, dest: Path, whiteouts: Literal["overlay", "delete"]) -> None:
+    def _apply_blob(self, chain: Chain, i: int, dest: Path, whiteouts: Literal["overlay", "delete"],
+                    lowers: Sequence[Path] = ()) -> None:
+        """Apply layer `i` of `chain` from the store onto `dest`. The blob is verified against its
+        digest and size and the tar against its diff_id (all of both are read, also what follows
+        the tar's end marker), and capped against decompression bombs (`self.limit`)."""
         desc = chain[i].descriptor
+        what = f"layer {desc.digest}"
+        budget = self.limit.budget(desc.size)
         with self.store.open_verified(desc.digest, desc.size) as f, open_uncompressed(f) as u:
-            checked = VerifyingReader(u, chain[i].diff_id, what="layer diff_id")
-            apply_layer(checked, dest, whiteouts=whiteouts)  # type: ignore[arg-type]
-            while checked.read(1 << 20):     # tar padding after the end marker, then the check
+            checked = CappedReader(VerifyingReader(u, chain[i].diff_id, what="layer diff_id"),  # type: ignore[arg-type]
+                                   budget, what=what)
+            apply_layer(checked, dest, whiteouts=whiteouts, max_bytes=budget, what=what,  # type: ignore[arg-type]
+                        lowers=lowers)
+            while checked.read(CHUNK):       # tar padding after the end marker, then the check
+                pass
+            while f.read(CHUNK):             # what the decompressor left unread: the digest check
                 pass
 
     def commit(self, active: Active, new_chain: Chain) -> None:
@@ -249,7 +267,8 @@ class OverlaySnapshotter(_Base):
         for i in range(len(chain)):
             def make(tmp: Path, i: int = i) -> None:
                 (tmp / "fs").mkdir()
-                self._apply_blob(chain, i, tmp / "fs", "overlay")
+                lowers = [self._path(chain[:j]) / "fs" for j in range(i, 0, -1)]   # top first
+                self._apply_blob(chain, i, tmp / "fs", "overlay", lowers)
             self._build(self._path(chain[: i + 1]), make)
 
     def _flat(self, chain: Chain) -> Path:
@@ -354,9 +373,12 @@ def clean_stale(*dirs: Path) -> None:
                 remove_tree(p)
 
 
-def make_snapshotter(kind: str, root: Path, store: ContentStore) -> Snapshotter:
+def make_snapshotter(kind: str, root: Path, store: ContentStore, *,
+                     limit: ExpandLimit = ExpandLimit()) -> Snapshotter:
+    """The snapshotter `kind` ("overlay" or "native"); `limit` caps how far each layer applied
+    from the store may expand."""
     if kind == "overlay":
-        return OverlaySnapshotter(root, store)
+        return OverlaySnapshotter(root, store, limit=limit)
     if kind == "native":
-        return NativeSnapshotter(root, store)
+        return NativeSnapshotter(root, store, limit=limit)
     raise SandboxError(f"unknown snapshotter {kind!r}")
