@@ -45,6 +45,9 @@ class SandboxOptions:
     step_pids: int | None = None        # processes a RUN step may have at once (the same)
     step_log_limit: int | None = None   # bytes of a step's output passed on; the rest is clipped
     step_log_dir: Path | None = None    # where each RUN step's full output is written (step-<n>.log)
+    max_layer_expansion: int | None = 1 << 30   # bytes a layer or ADD archive may unpack to (None: no cap)
+    max_expansion_ratio: int = 100              # ... and times its compressed size (both must pass)
+    relaxed: tuple[str, ...] = ()               # step protections waived (builder.sandbox.spec.PROTECTIONS)
 
 
 def nsinit_argv() -> tuple[str, ...]:
@@ -121,7 +124,9 @@ class Worker:
                 compression=Compression(self.options.compression), source_date_epoch=self.options.source_date_epoch,
                 idmap_size=idmap.size, setgroups=idmap.setgroups, user=idmap.user, nsinit_argv=nsinit_argv(),
                 cancel_fd=cancel_r,     # the same number in the worker (pass_fds)
-                step_memory=self.options.step_memory, step_pids=self.options.step_pids)
+                step_memory=self.options.step_memory, step_pids=self.options.step_pids,
+                max_layer_expansion=self.options.max_layer_expansion,
+                max_expansion_ratio=self.options.max_expansion_ratio, relaxed=tuple(self.options.relaxed))
             protocol.write_message(self._proc.stdin, cfg)
             first = protocol.read_from_worker(self._proc.stdout)
         except BaseException:

@@ -69,7 +69,8 @@ def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -
                     network=op.network, mounts=tuple(mounts), hostname="buildkitsandbox",
                     etc_hosts=_own_copy(ctx.tmp / "hosts", menv.sd),
                     etc_resolv_conf=_own_copy(ctx.tmp / "resolv.conf", menv.sd),
-                    idmap_size=ctx.cfg.idmap_size, setgroups=ctx.cfg.setgroups, status_fd=-1)
+                    idmap_size=ctx.cfg.idmap_size, setgroups=ctx.cfg.setgroups, status_fd=-1,
+                    relaxed=ctx.cfg.relaxed)
 
 
 def _own_copy(src: Path, sd: Path) -> str:

@@ -51,6 +51,9 @@ class Config:
     cancel_fd: int = -1         # the worker's end of the cancel pipe (-1: none)
     step_memory: int | None = None      # per-step memory limit in bytes (a delegated cgroup v2)
     step_pids: int | None = None        # per-step process limit (a delegated cgroup v2)
+    max_layer_expansion: int | None = 1 << 30   # bytes a layer or ADD archive may unpack to (None: no cap)
+    max_expansion_ratio: int = 100              # ... and times its compressed size (both must pass)
+    relaxed: tuple[str, ...] = ()               # step protections the user waived (spec.PROTECTIONS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,7 +164,8 @@ _FIELD_TYPES: dict[type, dict[str, _Type]] = {
     Config: {"root": str, "store_root": str, "snapshotter": str, "compression": Compression,
              "source_date_epoch": (int, type(None)), "idmap_size": int, "setgroups": bool, "user": str,
              "nsinit_argv": tuple, "cancel_fd": int, "step_memory": (int, type(None)),
-             "step_pids": (int, type(None))},
+             "step_pids": (int, type(None)), "max_layer_expansion": (int, type(None)),
+             "max_expansion_ratio": int, "relaxed": tuple},
     Ready: {"snapshotter": str},
     RunExec: {"id": int, "base": tuple, "op": ExecOp, "mount_sources": dict, "secrets": dict, "stream": bool},
     RunFile: {"id": int, "base": tuple, "op": FileOp, "sources": dict},

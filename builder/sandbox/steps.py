@@ -42,7 +42,7 @@ def run_file(ctx: StepContext, req: RunFile) -> LayerRef | None:
                 linux.mount("overlay", str(root), "overlay", 0, linux.overlay_options(list(rf.lower), rf.upper, rf.work))
                 stack.callback(linux.umount, str(root), 0)
             try:
-                apply_file_op(root, req.op, srcs)
+                apply_file_op(root, req.op, srcs, limit=ctx.snap.limit)
             except OSError as e:
                 if e.errno == errno.EINVAL and ctx.cfg.idmap_size == 1:
                     raise IdMappingError(f"file operation failed ({e}): {unmapped_reason(ctx.idmap())}") from e

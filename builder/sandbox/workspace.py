@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from builder.errors import SandboxError
+from builder.layer.limits import ExpandLimit
 from builder.sandbox import linux
 from builder.sandbox.cgroups import CgroupUnavailable, Limits, StepCgroups
 from builder.sandbox.initpool import InitPool, StartedInit, children, kill_step
@@ -44,7 +45,8 @@ class Workspace:
         self.secrets.mkdir(mode=0o700)
         linux.mount("tmpfs", str(self.secrets), "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=700")
         self._write_etc()
-        self.snap: Snapshotter = make_snapshotter(self._snapshotter_kind(), self.root, self.store)
+        limit = ExpandLimit(max_bytes=cfg.max_layer_expansion, max_ratio=cfg.max_expansion_ratio)
+        self.snap: Snapshotter = make_snapshotter(self._snapshotter_kind(), self.root, self.store, limit=limit)
         self.cgroups = self._step_cgroups()
         self._inits = InitPool(cfg.nsinit_argv)
         self._inits.prime()
