@@ -14,12 +14,20 @@ from builder.progress import ProgressSink, null_sink
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputSpec:
-    """One --output. type: oci (image-layout tar), tar (root filesystem tar), local (directory),
-    image (pybuild's local store). dest "-" means the injected stdout stream."""
-    type: Literal["oci", "tar", "local", "image"]
+    """One --output. type: oci (image-layout tar, or directory with `tar=False`), docker (a tarball
+    `docker load` accepts), tar (root filesystem tar), local (directory), image (pybuild's local
+    store; pushed too with `push=True`), registry (pushed only). dest "-" means the injected stdout
+    stream. `names` are image names besides -t (image, registry: tagged/pushed; docker: RepoTags)."""
+    type: Literal["oci", "tar", "local", "image", "registry", "docker"]
     dest: str = ""
     compression: Compression = Compression.GZIP
-    names: tuple[str, ...] = ()          # type=image,name=a,b: tags besides -t
+    names: tuple[str, ...] = ()
+    push: bool = False                   # type=image,push=true (type=registry always pushes)
+    tar: bool = True                     # type=oci,tar=false: an OCI layout directory at dest
+
+    @property
+    def pushes(self) -> bool:
+        return self.type == "registry" or (self.type == "image" and self.push)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +51,7 @@ class BuildRequest:
     stdout: BinaryIO | None = None
     source_date_epoch: int | None = None
     allow: tuple[str, ...] = ()                          # entitlements, as buildx --allow: network.host
+    labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,4 +59,4 @@ class BuildResult:
     digest: Digest                    # manifest digest
     config_digest: Digest
     descriptor: Descriptor
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, object] = field(default_factory=dict)   # BuildKit's --metadata-file keys

@@ -12,12 +12,21 @@ from builder.cli import default_root, main, parse_build_args, parse_output, pars
     ("type=local,dest=dir", OutputSpec(type="local", dest="dir")),
     ("somedir", OutputSpec(type="local", dest="somedir")),
     ("-", OutputSpec(type="tar", dest="-")),
+    ("type=docker,dest=d.tar", OutputSpec(type="docker", dest="d.tar")),
+    ('type=docker,dest=d.tar,"name=a:1,b"', OutputSpec(type="docker", dest="d.tar", names=("a:1", "b"))),
+    ("type=oci,dest=dir,tar=false", OutputSpec(type="oci", dest="dir", tar=False)),
+    ('type=image,"name=r/a:1,r/b:2",push=true', OutputSpec(type="image", names=("r/a:1", "r/b:2"), push=True)),
+    ("type=image,push=false", OutputSpec(type="image")),
+    ("type=registry,name=h:5000/x:1", OutputSpec(type="registry", names=("h:5000/x:1",))),
+    ("type=registry", OutputSpec(type="registry")),
+    ("type=registry,compression=zstd", OutputSpec(type="registry", compression="zstd")),
 ])
 def test_parse_output(text, want):
     assert parse_output(text) == want
 
 
-@pytest.mark.parametrize("text", ["type=docker,dest=x", "type=oci", "type=oci,dest=x,compression=lz4",
+@pytest.mark.parametrize("text", ["type=bogus,dest=x", "type=docker", "type=image,push=maybe",
+                                  "type=oci,dest=x,tar=nope", "type=image,compression=zstd", "type=oci", "type=oci,dest=x,compression=lz4",
                                   "type=tar,dest=x,compression=zstd", "type=oci,dest=x,bogus=1", "type=oci,dest"])
 def test_parse_output_rejects(text):
     with pytest.raises(click.BadParameter):
@@ -66,3 +75,32 @@ def test_bad_tag_and_foreign_platform_fail_before_building(tmp_path):
         with pytest.raises(SystemExit) as ei:
             main(["build", *args, str(tmp_path)])
         assert ei.value.code == 2
+
+
+def test_push_flag_like_buildx():
+    from builder.cli import with_push
+    assert with_push((), True) == (OutputSpec(type="registry"),)
+    assert with_push((OutputSpec(type="image"),), True) == (OutputSpec(type="image", push=True),)
+    oci = OutputSpec(type="oci", dest="x.tar")
+    assert with_push((oci,), True) == (oci, OutputSpec(type="registry"))
+    assert with_push((oci,), False) == (oci,)
+    assert OutputSpec(type="registry").pushes and OutputSpec(type="image", push=True).pushes
+    assert not OutputSpec(type="image").pushes
+
+
+def test_labels_and_result_files(tmp_path):
+    import json
+    from builder.api import BuildResult
+    from builder.cli import parse_labels, write_result_files
+    from builder.image.digest import Digest
+    from builder.image.oci import Descriptor
+    assert parse_labels(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
+    with pytest.raises(click.BadParameter):
+        parse_labels(["novalue"])
+    d = Digest.of_bytes(b"m")
+    res = BuildResult(digest=d, config_digest=Digest.of_bytes(b"c"),
+                      descriptor=Descriptor(media_type="application/vnd.oci.image.manifest.v1+json", digest=d, size=1),
+                      metadata={"containerimage.digest": str(d), "containerimage.descriptor": {"size": 1}})
+    write_result_files(res, tmp_path / "meta.json", tmp_path / "iid")
+    assert (tmp_path / "iid").read_text() == str(d)
+    assert json.loads((tmp_path / "meta.json").read_text())["containerimage.descriptor"] == {"size": 1}

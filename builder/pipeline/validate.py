@@ -75,10 +75,14 @@ def _check_tags(req: BuildRequest) -> None:
 
 def _check_outputs(req: BuildRequest) -> None:
     for out in req.outputs:
-        if out.type not in ("oci", "tar", "local", "image"):
+        if out.type not in ("oci", "tar", "local", "image", "registry", "docker"):
             raise UsageError(f"--output type={out.type}: unsupported output type")
-        if out.type in ("oci", "tar", "local") and not out.dest:
+        if out.type in ("oci", "tar", "local", "docker") and not out.dest:
             raise UsageError(f"--output type={out.type} needs dest=")
+        if out.pushes and not (req.tags or out.names):
+            raise UsageError(f"--output type={out.type}: pushing needs an image name (-t NAME or name=NAME)")
+        if out.type == "oci" and not out.tar and out.dest == "-":
+            raise UsageError("--output type=oci,tar=false needs a directory as dest=")
         if out.dest == "-" and req.stdout is None:
             raise UsageError(f"--output type={out.type},dest=-: output to '-' needs a stdout stream")
 

@@ -140,14 +140,34 @@ class RegistryClient:
             return True
 
     def upload_blob(self, ref: Reference, desc: Descriptor, open_fn: Callable[[], BinaryIO], *,
-                    mount_from: Reference | None = None) -> str:
+                    mount_from: Reference | None = None, chunk_size: int | None = None) -> str:
         """Make blob `desc` exist in `ref`'s repository. Returns "exists", "mounted" or "uploaded".
 
         HEAD first; then a cross-repo mount from `mount_from` (same registry) when given; else a
-        POST + monolithic PUT whose body comes from `open_fn()` (called once per attempt; the
-        stream is closed here)."""
+        POST and the body from `open_fn()` (called once per attempt; the stream is closed here):
+        one monolithic PUT, or PATCH chunks of `chunk_size` bytes then a closing PUT when the blob
+        is larger than `chunk_size`. A failed upload raises; callers restart it from the start."""
         if self.blob_exists(ref, desc.digest):
             return "exists"
+        location = self._start_upload(ref, desc, mount_from)
+        if location is None:
+            return "mounted"
+        body: Body = open_fn
+        length = desc.size
+        if chunk_size is not None and desc.size > chunk_size:
+            location = self._patch_chunks(ref, desc, location, open_fn, chunk_size)
+            body, length = (lambda: b""), 0
+        sep = "&" if "?" in location else "?"
+        put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
+        resp = self._send("PUT", ref, put_url, actions="pull,push", body=body,
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)})
+        with released(resp):
+            self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
+        return "uploaded"
+
+    def _start_upload(self, ref: Reference, desc: Descriptor, mount_from: Reference | None) -> str | None:
+        """POST an upload (with `?mount=&from=` when `mount_from` is another repository of the same
+        registry): None when the registry mounted the blob, else the upload Location."""
         uploads = f"{self.base_url(ref)}/v2/{ref.repository}/blobs/uploads/"
         extra: tuple[str, ...] = ()
         if mount_from is not None and mount_from.registry == ref.registry and mount_from.repository != ref.repository:
@@ -157,16 +177,28 @@ class RegistryClient:
                           headers={"Content-Length": "0"})
         with released(resp):
             if resp.status_code == 201 and extra:
-                return "mounted"
+                return None
             self._check(resp, ref, f"blob upload {desc.digest}", (202,))
-            location = self._upload_location(ref, resp)
-        sep = "&" if "?" in location else "?"
-        put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
-        resp = self._send("PUT", ref, put_url, actions="pull,push", body=open_fn,
-                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)})
-        with released(resp):
-            self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
-        return "uploaded"
+            return self._upload_location(ref, resp)
+
+    def _patch_chunks(self, ref: Reference, desc: Descriptor, location: str, open_fn: Callable[[], BinaryIO],
+                      chunk_size: int) -> str:
+        """Send the blob as PATCH chunks (`Content-Range: start-end`); the Location to close with."""
+        offset = 0
+        with open_fn() as stream:
+            while offset < desc.size:
+                data = stream.read(min(chunk_size, desc.size - offset))
+                if not data:
+                    raise RegistryError(f"{ref}: blob {desc.digest}: source ended after {offset} of {desc.size} bytes")
+                end = offset + len(data) - 1
+                resp = self._send("PATCH", ref, location, actions="pull,push", body=lambda d=data: d,  # type: ignore[misc]
+                                  headers={"Content-Type": "application/octet-stream",
+                                           "Content-Range": f"{offset}-{end}", "Content-Length": str(len(data))})
+                with released(resp):
+                    self._check(resp, ref, f"blob upload {desc.digest} (bytes {offset}-{end})", (202,))
+                    location = self._upload_location(ref, resp)
+                offset += len(data)
+        return location
 
     def put_manifest(self, ref: Reference, media_type: str, data: bytes) -> Descriptor:
         """PUT manifest/index `data` at `ref` (tag or digest); return its descriptor."""
@@ -191,6 +223,25 @@ class RegistryClient:
         if check_url(url, str(ref)) != check_url(self.base_url(ref), str(ref)):
             raise RegistryError(f"{ref}: upload Location {url!r} leaves the registry origin")
         return url
+
+    def ping(self, registry: str) -> None:
+        """`GET /v2/` on `registry` with its credentials (as `docker login` checks them): returns
+        when the registry accepts them, AuthError when it refuses them, RegistryError otherwise."""
+        url = f"{self._http.scheme_for(registry)}://{registry}/v2/"
+        if registry == "docker.io":
+            url = "https://registry-1.docker.io/v2/"
+        resp = self._http.request("GET", url, label=registry)
+        if resp.status_code == 401 and resp.headers.get("WWW-Authenticate"):
+            challenge = resp.headers["WWW-Authenticate"]
+            discard(resp)
+            auth = self._auth.respond(registry, challenge, "")
+            resp = self._http.request("GET", url, label=registry, auth=auth)
+        with released(resp):
+            if resp.status_code != 200:
+                body = error_body(resp)
+                msg = f"{registry}: login: HTTP {resp.status_code}" + (f": {body.detail}" if body.detail else "")
+                cls = AuthError if resp.status_code in (401, 403) else RegistryError
+                raise cls(msg, status=resp.status_code, codes=body.codes)
 
     # ------------------------------------------------------------------ transport
     def _send(self, method: str, ref: Reference, url: str, *, actions: str = "pull",
