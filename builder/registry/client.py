@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from typing import Any, BinaryIO, Callable, Collection
 from urllib.parse import urlencode, urljoin
@@ -36,6 +37,7 @@ from builder.image.reference import Reference
 CHUNK = 1 << 20
 _ACCEPT = ", ".join(MediaType.MANIFESTS + MediaType.INDEXES)
 _MAX_INDEX_DEPTH = 4
+_DEFAULT_CODES = {401: ("UNAUTHORIZED",), 403: ("DENIED",)}
 
 
 class RegistryClient:
@@ -46,6 +48,8 @@ class RegistryClient:
                  max_retry_after: float = 60.0, timeout: float = 60.0,
                  jitter: Callable[[], float] = random.random) -> None:
         self._auth = auth
+        self._locks_lock = threading.Lock()
+        self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
         self._http = HttpClient(session, insecure_hosts=insecure_hosts, sleep=sleep, jitter=jitter, timeout=timeout,
                                 retry=RetryPolicy(max_tries=max_tries, backoff=backoff,
                                                   max_retry_after=max_retry_after))
@@ -258,15 +262,33 @@ class RegistryClient:
         if not challenge:
             with released(resp):
                 raise self._error(resp, ref, f"{method} {url}", note="without WWW-Authenticate")
+        first = error_body(resp)
         discard(resp)
-        if auth is not None:
-            self._auth.forget(ref.registry, scope)
-        auth = self._auth.respond(ref.registry, challenge, scope)
+        try:
+            auth = self._fresh_auth(ref.registry, challenge, scope, auth)
+        except AuthError as e:      # name the repository and the registry's own error code too
+            codes = tuple(dict.fromkeys((*e.codes, *first.codes))) or ("UNAUTHORIZED",)
+            text = e.message.removeprefix(f"{ref.registry}: ")
+            raise AuthError(f"{ref.name}: {text}" + "".join(f" [{c}]" for c in codes if c not in text),
+                            status=e.status, codes=codes) from e
         resp = self._http.request(method, url, label=str(ref), headers=headers, body=body, auth=auth)
         if resp.status_code == 401:
             with released(resp):
                 raise self._error(resp, ref, f"{method} {url}", note=f"credentials rejected for scope {scope!r}")
         return resp
+
+    def _fresh_auth(self, registry: str, challenge: str, scope: str, stale: str | None) -> str:
+        """Auth for `scope` after a 401 to `stale`: one token request per scope at a time, so
+        parallel blob pushes that meet the same challenge share one token."""
+        with self._locks_lock:
+            lock = self._scope_locks.setdefault((registry, scope), threading.Lock())
+        with lock:
+            current = self._auth.header(registry, scope)
+            if current is not None and current != stale:
+                return current            # another thread answered this challenge meanwhile
+            if current is not None:
+                self._auth.forget(registry, scope)
+            return self._auth.respond(registry, challenge, scope)
 
     def _check(self, resp: requests.Response, ref: Reference, what: str, ok: tuple[int, ...]) -> None:
         if resp.status_code not in ok:
@@ -277,9 +299,11 @@ class RegistryClient:
         """The typed error for an error response: status, distribution codes and their messages."""
         code = resp.status_code
         body = error_body(resp)
+        codes = body.codes or _DEFAULT_CODES.get(code, ())    # a HEAD answer has no body to say it
         msg = f"{ref}: {what}: HTTP {code}" + "".join(f": {x}" for x in (note, body.detail) if x)
+        msg += "".join(f" [{c}]" for c in codes if c not in msg)
         cls = AuthError if code in (401, 403) else NotFoundError if code == 404 else RegistryError
-        return cls(msg, status=code, codes=body.codes)
+        return cls(msg, status=code, codes=codes)
 
 
 # ---------------------------------------------------------------------- helpers
