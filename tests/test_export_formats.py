@@ -1,0 +1,72 @@
+"""The docker tarball and the OCI layout directory outputs, read back by skopeo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder.export.assemble import assemble_image
+from builder.export.docker import docker_name, write_docker_file
+from builder.export.oci import write_oci_dir
+from builder.image.digest import Digest
+from builder.image.oci import Descriptor, ImageConfig, MediaType
+from builder.image.view import LayerRef
+from builder.store.content import ContentStore
+from registry_fixture import make_oci_layout
+
+
+def _image(tmp_path: Path, files: dict[str, bytes]):  # type: ignore[no-untyped-def]
+    lay = make_oci_layout(tmp_path / "src", files, "t")
+    store = ContentStore(tmp_path / "store")
+    store.put_bytes(lay.layer.data)
+    layer = LayerRef(descriptor=Descriptor(media_type=MediaType.OCI_LAYER_GZIP,
+                                           digest=Digest.parse(lay.layer.digest), size=lay.layer.size),
+                     diff_id=Digest.parse(lay.diff_id))
+    return store, assemble_image(store, (layer,), ImageConfig())
+
+
+@pytest.mark.parametrize("name,short", [("foo", "foo:latest"), ("docker.io/library/foo:1", "foo:1"),
+                                        ("user/app:2", "user/app:2"), ("127.0.0.1:5000/a/b:3", "127.0.0.1:5000/a/b:3")])
+def test_docker_names(name: str, short: str) -> None:
+    assert docker_name(name) == short
+
+
+def test_docker_tarball_is_read_by_skopeo(tmp_path: Path) -> None:
+    store, image = _image(tmp_path, {"hello": b"docker\n"})
+    out = tmp_path / "image.tar"
+    write_docker_file(store, image, out, names=("docker.io/library/demo:1", "127.0.0.1:5000/x/demo:2"))
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+        man = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
+        idx = json.load(tf.extractfile("index.json"))  # type: ignore[arg-type]
+    assert {"oci-layout", "index.json", "manifest.json"} <= set(names)
+    assert man[0]["RepoTags"] == ["demo:1", "127.0.0.1:5000/x/demo:2"]
+    assert man[0]["Config"] == f"blobs/sha256/{image.config_descriptor.digest.hex}"
+    assert [m["annotations"]["io.containerd.image.name"] for m in idx["manifests"]] == \
+        ["docker.io/library/demo:1", "127.0.0.1:5000/x/demo:2"]
+    for src in (f"docker-archive:{out}", f"docker-archive:{out}:demo:1"):
+        dest = tmp_path / "copy"
+        subprocess.run(["skopeo", "copy", "--quiet", src, f"oci:{dest}:c"], check=True, capture_output=True,
+                       timeout=60)
+        cfg = json.loads(subprocess.run(["skopeo", "inspect", "--config", f"oci:{dest}:c"], check=True,
+                                        capture_output=True, timeout=60).stdout)
+        assert cfg["rootfs"]["diff_ids"] == [str(d) for d in image.config.diff_ids]
+
+
+def test_oci_layout_directory_keeps_other_tags(tmp_path: Path) -> None:
+    store, image = _image(tmp_path, {"a": b"1"})
+    dest = tmp_path / "layout"
+    write_oci_dir(store, image, dest, tags=("one",))
+    store2, image2 = _image(tmp_path / "second", {"a": b"2"})
+    write_oci_dir(store2, image2, dest, tags=("two",))
+    write_oci_dir(store2, image2, dest, tags=("two",))           # idempotent
+    idx = json.loads((dest / "index.json").read_text())
+    tags = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in idx["manifests"]}
+    assert tags == {"one": str(image.manifest_descriptor.digest), "two": str(image2.manifest_descriptor.digest)}
+    for tag, want in tags.items():
+        raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{dest}:{tag}"], check=True, capture_output=True,
+                             timeout=60).stdout
+        assert str(Digest.of_bytes(raw)) == want
