@@ -143,6 +143,10 @@ def test_cli_push_and_every_output_from_one_image(pybuild, workdir: Path, regist
     assert set(md["image.name"].split(",")) >= {f"{registry}/cli/a:1", f"{registry}/cli/b:2", f"{registry}/cli/c:3"}
     for ref in (f"{registry}/cli/a:1", f"{registry}/cli/b:2", f"{registry}/cli/c:3"):
         assert manifest_digest(ref) == digest, ref
+    base_layers = [l["digest"] for l in json.loads(skopeo_inspect(base_image, "--raw"))["layers"]]
+    pushed_layers = [l["digest"] for l in json.loads(skopeo_inspect(f"{registry}/cli/a:1", "--raw"))["layers"]]
+    assert pushed_layers[:len(base_layers)] == base_layers      # base layers pushed from their original blobs
+    assert len(pushed_layers) == len(base_layers) + 1
     cfg = json.loads(skopeo_inspect(f"{registry}/cli/a:1", "--config"))
     assert cfg["config"]["Labels"] == {"from": "dockerfile", "org.example.k": "v"}
     assert "sha256:" + __import__("hashlib").sha256(skopeo_inspect(f"{registry}/cli/a:1", "--config", "--raw")).hexdigest() \

@@ -167,3 +167,42 @@ def test_push_through_faults(name: str, registry: str, tmp_path: Path,
         assert proxy.counts[("POST", "blobs/uploads")] >= 3, proxy.counts     # config, layer, layer again
     if name == "429-retry-after":
         assert sleeps and all(s == 3.0 for s in sleeps)           # Retry-After honoured
+
+
+def test_blob_uploads_run_in_parallel_within_the_bound(registry: str, tmp_path: Path,
+                                                      fake_http: Callable[..., FakeServer]) -> None:
+    import time
+    from dataclasses import replace
+    from builder.image.oci import Descriptor
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    proxy = Proxy(registry=registry, fault=lambda r, n: None)
+
+    def slow_puts(req: FakeRequest, n: int) -> FakeResponse | None:
+        if req.method != "PUT" or _kind(req.path) != "blobs/uploads":
+            return None
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        try:
+            time.sleep(0.2)
+            return proxy.forward(req)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    proxy.fault = slow_puts
+    server = fake_http(proxy)
+    proxy.origin = server.url
+    store, lay, image = stored_image(tmp_path, {"f": b"parallel\n"})
+    extra = []
+    for i in range(8):
+        d, size = store.put_bytes(f"extra blob {i}\n".encode())
+        extra.append(Descriptor(media_type="application/octet-stream", digest=d, size=size))
+    image = replace(image, blobs=(*image.blobs, *extra))
+    push_image(_client([]), store, image, [Reference.parse(f"{server.host}/faults/parallel:1")],
+               PushOptions(parallel=3))
+    assert 1 < state["max"] <= 3, state
+    assert _tag_is_whole(registry, "faults/parallel", "1")
+    for d in extra:
+        assert requests.head(f"http://{registry}/v2/faults/parallel/blobs/{d.digest}", timeout=10).status_code == 200
