@@ -74,7 +74,7 @@ def parse_output(text: str) -> Any:
     names = tuple(n for n in fields.pop("name", "").split(",") if n) if typ in ("image", "registry", "docker") else ()
     if fields:
         raise click.BadParameter(f"unknown key(s) {', '.join(sorted(fields))}", param_hint="--output")
-    if typ in ("oci", "docker", "tar", "local") and not dest:
+    if typ in ("oci", "tar", "local") and not dest:
         raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
     return OutputSpec(type=typ, dest=dest, compression=compression, names=names,  # type: ignore[arg-type]
                       push=push and typ == "image", tar=tar)
@@ -177,6 +177,7 @@ def cli() -> None:
 @click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path), help="write build metadata JSON here")
 @click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path), help="write the image digest here")
 @click.option("--push", is_flag=True, help="push the image to the registry of each -t name (--output type=registry)")
+@click.option("--load", is_flag=True, help="load the image into the Docker engine (--output type=docker)")
 @click.option("--label", "labels", multiple=True, help="KEY=VALUE label added to the image (repeatable)")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(["network.host", "security.insecure"]),
               help="grant an entitlement (network.host: RUN --network=host)")
@@ -186,7 +187,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
               target: str | None, no_cache: bool, pull: bool, progress: str, quiet: bool,
               insecure: tuple[str, ...], build_contexts: tuple[str, ...], outputs: tuple[str, ...],
               secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, iidfile: Path | None,
-              push: bool, labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str) -> None:
+              push: bool, load: bool, labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
     from builder.api import build
     from builder.request import BuildRequest
@@ -194,6 +195,9 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
     from builder.progress import renderer_for
     env = dict(os.environ)
     outs = with_push(tuple(parse_output(o) for o in outputs), push)
+    if load:
+        from builder.request import OutputSpec
+        outs = (*outs, OutputSpec(type="docker"))
     if sum(1 for o in outs if o.dest == "-") > 1:
         raise click.BadParameter("only one output can go to stdout", param_hint="--output")
     to_stdout = any(o.dest == "-" for o in outs)
@@ -213,7 +217,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         snapshotter=snapshotter,  # type: ignore[arg-type]
         stdout=sys.stdout.buffer if to_stdout else None,
         source_date_epoch=parse_source_date_epoch(env),
-        allow=allow, labels=parse_labels(labels),
+        allow=allow, labels=parse_labels(labels), docker_socket=docker_socket(env),
     )
     result = build(req)
     write_result_files(result, metadata_file, iidfile)
@@ -229,6 +233,16 @@ def with_push(outs: tuple[Any, ...], push: bool) -> tuple[Any, ...]:
     if any(o.type in ("image", "registry") for o in outs):
         return tuple(replace(o, push=True) if o.type == "image" else o for o in outs)
     return (*outs, OutputSpec(type="registry"))
+
+
+def docker_socket(env: dict[str, str]) -> str:
+    """The Docker engine's unix socket: `$DOCKER_HOST` (unix://PATH only) or /var/run/docker.sock."""
+    host = env.get("DOCKER_HOST", "")
+    if not host:
+        return "/var/run/docker.sock"
+    if not host.startswith("unix://"):
+        raise click.BadParameter(f"DOCKER_HOST={host}: only unix:// sockets are supported for --load")
+    return host[len("unix://"):]
 
 
 def write_result_files(result: Any, metadata_file: Path | None, iidfile: Path | None) -> None:

@@ -17,7 +17,7 @@ class OutputSpec:
     """One --output. type: oci (image-layout tar, or directory with `tar=False`), docker (a tarball
     `docker load` accepts), tar (root filesystem tar), local (directory), image (pybuild's local
     store; pushed too with `push=True`), registry (pushed only). dest "-" means the injected stdout
-    stream. `names` are image names besides -t (image, registry: tagged/pushed; docker: RepoTags)."""
+    stream; type=docker without dest loads the image into the Docker engine (`--load`). `names` are image names besides -t (image, registry: tagged/pushed; docker: RepoTags)."""
     type: Literal["oci", "tar", "local", "image", "registry", "docker"]
     dest: str = ""
     compression: Compression = Compression.GZIP
@@ -52,6 +52,7 @@ class BuildRequest:
     source_date_epoch: int | None = None
     allow: tuple[str, ...] = ()                          # entitlements, as buildx --allow: network.host
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
+    docker_socket: str = "/var/run/docker.sock"         # type=docker without dest (--load) loads here
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,6 +13,7 @@ from builder.cli import default_root, main, parse_build_args, parse_output, pars
     ("somedir", OutputSpec(type="local", dest="somedir")),
     ("-", OutputSpec(type="tar", dest="-")),
     ("type=docker,dest=d.tar", OutputSpec(type="docker", dest="d.tar")),
+    ("type=docker", OutputSpec(type="docker")),
     ('type=docker,dest=d.tar,"name=a:1,b"', OutputSpec(type="docker", dest="d.tar", names=("a:1", "b"))),
     ("type=oci,dest=dir,tar=false", OutputSpec(type="oci", dest="dir", tar=False)),
     ('type=image,"name=r/a:1,r/b:2",push=true', OutputSpec(type="image", names=("r/a:1", "r/b:2"), push=True)),
@@ -25,7 +26,7 @@ def test_parse_output(text, want):
     assert parse_output(text) == want
 
 
-@pytest.mark.parametrize("text", ["type=bogus,dest=x", "type=docker", "type=image,push=maybe",
+@pytest.mark.parametrize("text", ["type=bogus,dest=x", "type=tar", "type=image,push=maybe",
                                   "type=oci,dest=x,tar=nope", "type=image,compression=zstd", "type=oci", "type=oci,dest=x,compression=lz4",
                                   "type=tar,dest=x,compression=zstd", "type=oci,dest=x,bogus=1", "type=oci,dest"])
 def test_parse_output_rejects(text):

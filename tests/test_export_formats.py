@@ -70,3 +70,81 @@ def test_oci_layout_directory_keeps_other_tags(tmp_path: Path) -> None:
         raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{dest}:{tag}"], check=True, capture_output=True,
                              timeout=60).stdout
         assert str(Digest.of_bytes(raw)) == want
+
+
+# ---------------------------------------------------------------------- --load
+class FakeEngine:
+    """A Docker engine's `/images/load` on a unix socket: records each upload, answers `reply`."""
+
+    def __init__(self, path: Path, reply: tuple[int, bytes] = (200, b'{"stream":"Loaded image: demo:1\\n"}\n')) -> None:
+        import socketserver
+        import threading
+        from http.server import BaseHTTPRequestHandler
+        self.path, self.reply, self.bodies = path, reply, []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers["Content-Length"])
+                outer.bodies.append((self.path, self.headers["Content-Type"], self.rfile.read(n)))
+                status, body = outer.reply
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def address_string(self) -> str:
+                return "engine"
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), H)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_load_into_a_docker_engine(tmp_path: Path) -> None:
+    import io
+    from builder.errors import PybuildError
+    from builder.export.docker import load_into_engine
+    store, image = _image(tmp_path, {"l": b"load\n"})
+    engine = FakeEngine(tmp_path / "docker.sock")
+    try:
+        said = load_into_engine(store, image, names=("demo:1",), socket_path=str(tmp_path / "docker.sock"))
+        assert said == "Loaded image: demo:1"
+        path, ctype, body = engine.bodies[0]
+        assert path.startswith("/images/load") and ctype == "application/x-tar"
+        with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+            assert json.load(tf.extractfile("manifest.json"))[0]["RepoTags"] == ["demo:1"]  # type: ignore[arg-type]
+        engine.reply = (500, b'{"message":"no space left on device"}')
+        with pytest.raises(PybuildError, match="refused the image: error: no space left"):
+            load_into_engine(store, image, socket_path=str(tmp_path / "docker.sock"))
+        engine.reply = (200, b'{"errorDetail":{"message":"bad tar"},"error":"bad tar"}\n')
+        with pytest.raises(PybuildError, match="bad tar"):
+            load_into_engine(store, image, socket_path=str(tmp_path / "docker.sock"))
+    finally:
+        engine.stop()
+    with pytest.raises(PybuildError, match=r"no Docker engine at unix://.*nowhere.sock.*docker load -i"):
+        load_into_engine(store, image, socket_path=str(tmp_path / "nowhere.sock"))
+    assert not list(store.ingest_dir.iterdir())           # the temporary tarball is gone
+
+
+def test_cli_load(pybuild, workdir: Path, base_image: str) -> None:
+    from conftest import make_context
+    ctx = make_context(workdir / "ctx", {"Dockerfile": f"FROM {base_image}\nCOPY f /f\n", "f": "f\n"})
+    engine = FakeEngine(workdir / "engine.sock")
+    try:
+        r = pybuild("build", str(ctx), "-t", "demo:1", "--load", env={"DOCKER_HOST": f"unix://{workdir}/engine.sock"})
+        assert r.returncode == 0, r.stderr
+        assert len(engine.bodies) == 1
+    finally:
+        engine.stop()
+    r = pybuild("build", str(ctx), "--load", env={"DOCKER_HOST": f"unix://{workdir}/gone.sock"})
+    assert r.returncode == 1 and "no Docker engine" in r.stderr, r.stderr
+    r = pybuild("build", str(ctx), "--load", env={"DOCKER_HOST": "tcp://1.2.3.4:2375"})
+    assert r.returncode == 2 and "unix://" in r.stderr

@@ -10,7 +10,7 @@ from typing import AbstractSet, BinaryIO, Protocol
 
 from builder.errors import UsageError
 from builder.export.assemble import BuiltImage, assemble_image, recompress
-from builder.export.docker import write_docker_file, write_docker_tar
+from builder.export.docker import DEFAULT_DOCKER_SOCKET, load_into_engine, write_docker_file, write_docker_tar
 from builder.export.oci import write_oci_dir, write_oci_file, write_oci_tar
 from builder.export.rootfs import write_rootfs_dir, write_rootfs_tar
 from builder.export.store import tag_image
@@ -39,6 +39,7 @@ class ExportInput:
     tags: tuple[str, ...]
     stdout: BinaryIO | None
     push: Pusher | None = None
+    docker_socket: str = DEFAULT_DOCKER_SOCKET
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +98,9 @@ def _export(store: ContentStore, executor: Executor, out: OutputSpec, src: Expor
 def _write_archive(store: ContentStore, out: OutputSpec, image: BuiltImage, src: ExportInput,
                    names: tuple[str, ...]) -> None:
     if out.type == "docker":
-        if out.dest == "-":
+        if not out.dest:
+            load_into_engine(store, image, names=names, socket_path=src.docker_socket)
+        elif out.dest == "-":
             write_docker_tar(store, image, _stdout(src), names=names)
         else:
             write_docker_file(store, image, Path(out.dest), names=names)

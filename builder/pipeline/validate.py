@@ -77,7 +77,7 @@ def _check_outputs(req: BuildRequest) -> None:
     for out in req.outputs:
         if out.type not in ("oci", "tar", "local", "image", "registry", "docker"):
             raise UsageError(f"--output type={out.type}: unsupported output type")
-        if out.type in ("oci", "tar", "local", "docker") and not out.dest:
+        if out.type in ("oci", "tar", "local") and not out.dest:
             raise UsageError(f"--output type={out.type} needs dest=")
         if out.pushes and not (req.tags or out.names):
             raise UsageError(f"--output type={out.type}: pushing needs an image name (-t NAME or name=NAME)")
