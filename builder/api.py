@@ -53,7 +53,8 @@ def _build(plan: BuildPlan, request: BuildRequest, env: BuildEnv, worker: LazyWo
     pusher = registry_pusher(env, resolver.origins()) if any(o.pushes for o in request.outputs) else None
     exported = export_all(env.store, worker, request.outputs,
                           ExportInput(chain=result.chain, config=config, built=built, tags=request.tags,
-                                      stdout=request.stdout, push=pusher, docker_socket=request.docker_socket))
+                                      stdout=request.stdout, push=pusher, docker_socket=request.docker_socket,
+                                      annotations=request.annotations))
     image = exported.image
     return BuildResult(digest=image.manifest_descriptor.digest, config_digest=image.config_descriptor.digest,
                        descriptor=image.manifest_descriptor, metadata=build_metadata(image, exported.names))

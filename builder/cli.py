@@ -65,6 +65,7 @@ def parse_output(text: str) -> Any:
     comp = fields.pop("compression", "gzip")
     push = _bool(fields, "push", typ == "registry") if typ in ("image", "registry") else False
     tar = _bool(fields, "tar", True) if typ == "oci" else True
+    oci_types = fields.pop("oci-mediatypes", None) if typ in ("oci", "docker", "image", "registry") else None
     try:
         compression = Compression.parse(comp)
     except ValueError:
@@ -77,7 +78,29 @@ def parse_output(text: str) -> Any:
     if typ in ("oci", "tar", "local") and not dest:
         raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
     return OutputSpec(type=typ, dest=dest, compression=compression, names=names,  # type: ignore[arg-type]
-                      push=push and typ == "image", tar=tar)
+                      push=push and typ == "image", tar=tar,
+                      oci_mediatypes=None if oci_types is None else _bool({"v": oci_types}, "v", True))
+
+
+_ANNOTATION_LEVELS = ("manifest", "index", "manifest-descriptor")
+
+
+def parse_annotations(items: Sequence[str]) -> tuple[Any, ...]:
+    """--annotation `[LEVEL[PLATFORM,…]:]KEY=VALUE` as buildx; LEVEL manifest (default), index,
+    manifest-descriptor. A platform qualifier is accepted (one platform is built)."""
+    import re
+    from builder.request import Annotation
+    out = []
+    for it in items:
+        m = re.fullmatch(r"(?:([a-z-]+)(?:\[[^\]]*\])?:)?([^=:]+)=(.*)", it, re.S)
+        if m is None:
+            raise click.BadParameter(f"{it!r}: want [LEVEL:]KEY=VALUE", param_hint="--annotation")
+        level = m.group(1) or "manifest"
+        if level not in _ANNOTATION_LEVELS:
+            raise click.BadParameter(f"{it!r}: level {level} is not one of {', '.join(_ANNOTATION_LEVELS)}",
+                                     param_hint="--annotation")
+        out.append(Annotation(key=m.group(2), value=m.group(3), level=level))  # type: ignore[arg-type]
+    return tuple(out)
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
@@ -178,6 +201,7 @@ def cli() -> None:
 @click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path), help="write the image digest here")
 @click.option("--push", is_flag=True, help="push the image to the registry of each -t name (--output type=registry)")
 @click.option("--load", is_flag=True, help="load the image into the Docker engine (--output type=docker)")
+@click.option("--annotation", "annotations", multiple=True, help="[LEVEL:]KEY=VALUE annotation (manifest, index, manifest-descriptor)")
 @click.option("--label", "labels", multiple=True, help="KEY=VALUE label added to the image (repeatable)")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(["network.host", "security.insecure"]),
               help="grant an entitlement (network.host: RUN --network=host)")
@@ -187,7 +211,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
               target: str | None, no_cache: bool, pull: bool, progress: str, quiet: bool,
               insecure: tuple[str, ...], build_contexts: tuple[str, ...], outputs: tuple[str, ...],
               secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, iidfile: Path | None,
-              push: bool, load: bool, labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str) -> None:
+              push: bool, load: bool, annotations: tuple[str, ...], labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
     from builder.api import build
     from builder.request import BuildRequest
@@ -218,6 +242,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         stdout=sys.stdout.buffer if to_stdout else None,
         source_date_epoch=parse_source_date_epoch(env),
         allow=allow, labels=parse_labels(labels), docker_socket=docker_socket(env),
+        annotations=parse_annotations(annotations),
     )
     result = build(req)
     write_result_files(result, metadata_file, iidfile)

@@ -12,6 +12,17 @@ from builder.image.oci import Compression, Descriptor
 from builder.progress import ProgressSink, null_sink
 
 
+AnnotationLevel = Literal["manifest", "index", "manifest-descriptor", "index-descriptor"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Annotation:
+    """One --annotation: `[LEVEL:]KEY=VALUE` as buildx (level `manifest` by default)."""
+    key: str
+    value: str
+    level: AnnotationLevel = "manifest"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputSpec:
     """One --output. type: oci (image-layout tar, or directory with `tar=False`), docker (a tarball
@@ -24,6 +35,7 @@ class OutputSpec:
     names: tuple[str, ...] = ()
     push: bool = False                   # type=image,push=true (type=registry always pushes)
     tar: bool = True                     # type=oci,tar=false: an OCI layout directory at dest
+    oci_mediatypes: bool | None = None   # None: OCI media types, but docker's for type=docker (as BuildKit)
 
     @property
     def pushes(self) -> bool:
@@ -53,6 +65,7 @@ class BuildRequest:
     allow: tuple[str, ...] = ()                          # entitlements, as buildx --allow: network.host
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
     docker_socket: str = "/var/run/docker.sock"         # type=docker without dest (--load) loads here
+    annotations: tuple[Annotation, ...] = ()             # --annotation
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,13 +21,15 @@ from builder.cli import default_root, main, parse_build_args, parse_output, pars
     ("type=registry,name=h:5000/x:1", OutputSpec(type="registry", names=("h:5000/x:1",))),
     ("type=registry", OutputSpec(type="registry")),
     ("type=registry,compression=zstd", OutputSpec(type="registry", compression="zstd")),
+    ("type=docker,dest=d,oci-mediatypes=true", OutputSpec(type="docker", dest="d", oci_mediatypes=True)),
+    ("type=oci,dest=d,oci-mediatypes=false", OutputSpec(type="oci", dest="d", oci_mediatypes=False)),
 ])
 def test_parse_output(text, want):
     assert parse_output(text) == want
 
 
 @pytest.mark.parametrize("text", ["type=bogus,dest=x", "type=tar", "type=image,push=maybe",
-                                  "type=oci,dest=x,tar=nope", "type=image,compression=zstd", "type=oci", "type=oci,dest=x,compression=lz4",
+                                  "type=oci,dest=x,tar=nope", "type=tar,dest=x,oci-mediatypes=true", "type=image,compression=zstd", "type=oci", "type=oci,dest=x,compression=lz4",
                                   "type=tar,dest=x,compression=zstd", "type=oci,dest=x,bogus=1", "type=oci,dest"])
 def test_parse_output_rejects(text):
     with pytest.raises(click.BadParameter):
@@ -105,3 +107,14 @@ def test_labels_and_result_files(tmp_path):
     write_result_files(res, tmp_path / "meta.json", tmp_path / "iid")
     assert (tmp_path / "iid").read_text() == str(d)
     assert json.loads((tmp_path / "meta.json").read_text())["containerimage.descriptor"] == {"size": 1}
+
+
+def test_annotations_like_buildx():
+    from builder.cli import parse_annotations
+    from builder.request import Annotation
+    assert parse_annotations(["a=1", "manifest:b=2", "index:c=3=x", "manifest-descriptor:d=", "manifest[linux/amd64]:e=5"]) == (
+        Annotation(key="a", value="1"), Annotation(key="b", value="2"), Annotation(key="c", value="3=x", level="index"),
+        Annotation(key="d", value="", level="manifest-descriptor"), Annotation(key="e", value="5"))
+    for bad in ("novalue", "bogus:k=v", "index-descriptor:k=v"):
+        with pytest.raises(click.BadParameter):
+            parse_annotations([bad])

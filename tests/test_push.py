@@ -132,7 +132,8 @@ def test_cli_push_and_every_output_from_one_image(pybuild, workdir: Path, regist
                 "--output", f"type=oci,dest={oci_tar}", "--output", f"type=docker,dest={docker_tar}",
                 "--output", f"type=oci,dest={oci_dir},tar=false",
                 "--output", f"type=registry,name={registry}/cli/c:3",
-                "--label", "org.example.k=v", "--metadata-file", str(meta), "--iidfile", str(iid))
+                "--label", "org.example.k=v", "--annotation", "org.opencontainers.image.title=demo",
+                "--annotation", "manifest-descriptor:d=1", "--annotation", "index:i=2", "--metadata-file", str(meta), "--iidfile", str(iid))
     assert r.returncode == 0, r.stderr
     assert "mounted" in r.stderr, r.stderr        # the base image's layer, from test/busybox
     md = json.loads(meta.read_text())
@@ -151,12 +152,21 @@ def test_cli_push_and_every_output_from_one_image(pybuild, workdir: Path, regist
     assert cfg["config"]["Labels"] == {"from": "dockerfile", "org.example.k": "v"}
     assert "sha256:" + __import__("hashlib").sha256(skopeo_inspect(f"{registry}/cli/a:1", "--config", "--raw")).hexdigest() \
         == md["containerimage.config.digest"]
-    # the OCI tar, the layout directory and the docker tarball hold the same image
+    # the OCI tar and the layout directory hold the same image; the docker tarball its docker-typed twin
     import tarfile
     with tarfile.open(oci_tar) as tf:
         assert json.load(tf.extractfile("index.json"))["manifests"][0]["digest"] == digest  # type: ignore[arg-type]
     idx = json.loads((oci_dir / "index.json").read_text())
     assert [m["digest"] for m in idx["manifests"]] == [digest, digest]
+    assert idx["annotations"] == {"i": "2"} and all(m["annotations"]["d"] == "1" for m in idx["manifests"])
+    pushed = json.loads(skopeo_inspect(f"{registry}/cli/a:1", "--raw"))
+    assert pushed["annotations"] == {"org.opencontainers.image.title": "demo"}
+    with tarfile.open(docker_tar) as tf:      # docker media types by default, as BuildKit's docker exporter
+        didx = json.load(tf.extractfile("index.json"))  # type: ignore[arg-type]
+        dman = json.load(tf.extractfile("blobs/sha256/" + didx["manifests"][0]["digest"].split(":")[1]))  # type: ignore[arg-type]
+    assert didx["manifests"][0]["mediaType"] == dman["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert dman["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    assert {l["mediaType"] for l in dman["layers"]} == {"application/vnd.docker.image.rootfs.diff.tar.gzip"}
     copied = workdir / "from-docker"
     subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{docker_tar}", f"oci:{copied}:x"],
                    check=True, capture_output=True, timeout=60)

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import AbstractSet, BinaryIO, Protocol
 
 from builder.errors import UsageError
-from builder.export.assemble import BuiltImage, assemble_image, recompress
+from builder.export.assemble import BuiltImage, assemble_image, docker_media_types_possible, recompress
 from builder.export.docker import DEFAULT_DOCKER_SOCKET, load_into_engine, write_docker_file, write_docker_tar
-from builder.export.oci import write_oci_dir, write_oci_file, write_oci_tar
+from builder.export.oci import LayoutNotes, Pairs, write_oci_dir, write_oci_file, write_oci_tar
 from builder.export.rootfs import write_rootfs_dir, write_rootfs_tar
 from builder.export.store import tag_image
 from builder.image.digest import Digest
 from builder.image.oci import ImageConfig
 from builder.image.reference import Reference
 from builder.image.view import Chain
-from builder.request import OutputSpec
+from builder.request import Annotation, AnnotationLevel, OutputSpec
 from builder.sandbox.executor import Executor
 from builder.store.content import ContentStore
 
@@ -40,6 +40,13 @@ class ExportInput:
     stdout: BinaryIO | None
     push: Pusher | None = None
     docker_socket: str = DEFAULT_DOCKER_SOCKET
+    annotations: tuple[Annotation, ...] = ()
+
+    def notes(self, level: AnnotationLevel) -> Pairs:
+        return tuple((a.key, a.value) for a in self.annotations if a.level == level)
+
+    def layout_notes(self) -> LayoutNotes:
+        return LayoutNotes(index=self.notes("index"), descriptor=self.notes("manifest-descriptor"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,20 +66,28 @@ def export_all(store: ContentStore, executor: Executor, outputs: tuple[OutputSpe
         if got is not None:
             image = got.image
             names += [n for n in got.names if n not in names]
-    return Exported(image=image if image is not None else assemble_image(store, src.chain, src.config),
-                    names=tuple(names))
+    if image is None:
+        image = assemble_image(store, src.chain, src.config, annotations=src.notes("manifest"))
+    return Exported(image=image, names=tuple(names))
 
 
-def _image(store: ContentStore, out: OutputSpec, src: ExportInput) -> BuiltImage:
-    chain = tuple(recompress(store, l, out.compression) if l.descriptor.digest in src.built else l
+def _image(store: ContentStore, out: OutputSpec, src: ExportInput, *, compress: bool = True) -> BuiltImage:
+    """The image for `out`: layers this build made in `out`'s compression (when `compress`), base
+    layers as they are; media types as `out.oci_mediatypes` asks (Docker's by default for docker)."""
+    chain = tuple(recompress(store, l, out.compression) if compress and l.descriptor.digest in src.built else l
                   for l in src.chain)
-    return assemble_image(store, chain, src.config)
+    oci = out.oci_mediatypes if out.oci_mediatypes is not None else out.type != "docker"
+    if not oci and not docker_media_types_possible(chain):
+        if out.oci_mediatypes is False:
+            raise UsageError(f"--output type={out.type},oci-mediatypes=false: zstd layers have no Docker media type")
+        oci = True
+    return assemble_image(store, chain, src.config, docker_types=not oci, annotations=src.notes("manifest"))
 
 
 def _export(store: ContentStore, executor: Executor, out: OutputSpec, src: ExportInput) -> Exported | None:
     names = tuple(dict.fromkeys(str(Reference.parse(n)) for n in (*src.tags, *out.names)))
     if out.type in ("image", "registry"):
-        image = _image(store, out, src) if out.pushes else assemble_image(store, src.chain, src.config)
+        image = _image(store, out, src, compress=out.pushes)
         if out.type == "image":
             tag_image(store, image, names)
         if out.pushes:
@@ -101,15 +116,15 @@ def _write_archive(store: ContentStore, out: OutputSpec, image: BuiltImage, src:
         if not out.dest:
             load_into_engine(store, image, names=names, socket_path=src.docker_socket)
         elif out.dest == "-":
-            write_docker_tar(store, image, _stdout(src), names=names)
+            write_docker_tar(store, image, _stdout(src), names=names, notes=src.layout_notes())
         else:
-            write_docker_file(store, image, Path(out.dest), names=names)
+            write_docker_file(store, image, Path(out.dest), names=names, notes=src.layout_notes())
     elif not out.tar:
-        write_oci_dir(store, image, Path(out.dest), tags=src.tags)
+        write_oci_dir(store, image, Path(out.dest), tags=src.tags, notes=src.layout_notes())
     elif out.dest == "-":
-        write_oci_tar(store, image, _stdout(src), tags=src.tags)
+        write_oci_tar(store, image, _stdout(src), tags=src.tags, notes=src.layout_notes())
     else:
-        write_oci_file(store, image, Path(out.dest), tags=src.tags)
+        write_oci_file(store, image, Path(out.dest), tags=src.tags, notes=src.layout_notes())
 
 
 def _stdout(src: ExportInput) -> BinaryIO:

@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterable
 
 from builder.errors import PybuildError
 from builder.export.assemble import BuiltImage
-from builder.export.oci import OCI_LAYOUT, layout_index, write_layout_tar
+from builder.export.oci import OCI_LAYOUT, LayoutNotes, layout_index, write_layout_tar
 from builder.image.digest import Digest
 from builder.image.oci import REF_NAME
 from builder.image.reference import Reference
@@ -43,20 +43,22 @@ def docker_manifest(image: BuiltImage, names: Iterable[str]) -> bytes:
     return json.dumps([entry], separators=(",", ":")).encode()
 
 
-def write_docker_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, names: Iterable[str] = ()) -> None:
+def write_docker_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, names: Iterable[str] = (),
+                     notes: LayoutNotes = LayoutNotes()) -> None:
     """Stream the docker tarball of `image` tagged `names` into `sink`."""
     names = list(names)
     annotations = [((CONTAINERD_NAME, str(Reference.parse(n))), (REF_NAME, Reference.parse(n).tag or "latest"))
                    for n in names]
-    files = [("oci-layout", OCI_LAYOUT), ("index.json", layout_index(image, annotations)),
+    files = [("oci-layout", OCI_LAYOUT), ("index.json", layout_index(image, annotations, notes)),
              ("manifest.json", docker_manifest(image, names))]
     write_layout_tar(store, image, sink, files)
 
 
-def write_docker_file(store: ContentStore, image: BuiltImage, dest: Path, *, names: Iterable[str] = ()) -> None:
+def write_docker_file(store: ContentStore, image: BuiltImage, dest: Path, *, names: Iterable[str] = (),
+                      notes: LayoutNotes = LayoutNotes()) -> None:
     """write_docker_tar into `dest` via a temp file renamed into place."""
     with atomic_output(dest) as f:
-        write_docker_tar(store, image, f, names=names)
+        write_docker_tar(store, image, f, names=names, notes=notes)
 
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
@@ -16,6 +16,20 @@ from builder.image.oci import REF_NAME, Descriptor, Index
 from builder.store.content import ContentStore, atomic_output, atomic_write
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+Pairs = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayoutNotes:
+    """--annotation at the layout's levels: on index.json itself and on each manifest descriptor."""
+    index: Pairs = ()
+    descriptor: Pairs = ()
+
+    def entry(self, image: BuiltImage, own: Pairs) -> Descriptor:
+        """The image's descriptor in index.json with the descriptor annotations and `own` (which win)."""
+        merged = {**dict(self.descriptor), **dict(own)}
+        return replace(image.manifest_descriptor, annotations=tuple(sorted(merged.items())))
+
 
 def _tarinfo(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
@@ -34,10 +48,10 @@ def layout_blobs(image: BuiltImage) -> list[Digest]:
                    *(l.digest for l in image.manifest.layers)})
 
 
-def layout_index(image: BuiltImage, annotations: Iterable[tuple[tuple[str, str], ...]]) -> bytes:
-    """index.json of a layout holding `image` once per annotation set (once, bare, without any)."""
-    descs = [replace(image.manifest_descriptor, annotations=a) for a in annotations]
-    return Index(manifests=tuple(descs or [image.manifest_descriptor])).to_bytes()
+def layout_index(image: BuiltImage, annotations: Iterable[Pairs], notes: LayoutNotes = LayoutNotes()) -> bytes:
+    """index.json of a layout holding `image` once per annotation set (once without any)."""
+    descs = [notes.entry(image, a) for a in annotations] or [notes.entry(image, ())]
+    return Index(manifests=tuple(descs), annotations=notes.index).to_bytes()
 
 
 def write_layout_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, files: Iterable[tuple[str, bytes]]) -> None:
@@ -54,19 +68,22 @@ def write_layout_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, fil
                 tf.addfile(_tarinfo(f"blobs/{dg.algorithm}/{dg.hex}", size), f)  # type: ignore[arg-type]
 
 
-def write_oci_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, tags: Iterable[str] = ()) -> None:
+def write_oci_tar(store: ContentStore, image: BuiltImage, sink: BinaryIO, *, tags: Iterable[str] = (),
+                  notes: LayoutNotes = LayoutNotes()) -> None:
     """Stream an OCI image-layout tar: oci-layout, index.json, blobs (each blob once, sorted)."""
-    index = layout_index(image, [((REF_NAME, t),) for t in tags])
+    index = layout_index(image, [((REF_NAME, t),) for t in tags], notes)
     write_layout_tar(store, image, sink, [("oci-layout", OCI_LAYOUT), ("index.json", index)])
 
 
-def write_oci_file(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = ()) -> None:
+def write_oci_file(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = (),
+                   notes: LayoutNotes = LayoutNotes()) -> None:
     """write_oci_tar into `dest` via a temp file renamed into place."""
     with atomic_output(dest) as f:
-        write_oci_tar(store, image, f, tags=tags)
+        write_oci_tar(store, image, f, tags=tags, notes=notes)
 
 
-def write_oci_dir(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = ()) -> None:
+def write_oci_dir(store: ContentStore, image: BuiltImage, dest: Path, *, tags: Iterable[str] = (),
+                  notes: LayoutNotes = LayoutNotes()) -> None:
     """An OCI image layout directory at `dest` (`-o type=oci,dest=DIR,tar=false`), created if
     missing. Blobs already there are kept; index.json keeps the entries of other tags and is
     replaced last (atomically), so a reader never sees an index naming a missing blob."""
@@ -81,16 +98,18 @@ def write_oci_dir(store: ContentStore, image: BuiltImage, dest: Path, *, tags: I
         with store.open_verified(dg, size) as src, atomic_output(target) as out:
             shutil.copyfileobj(src, out, 1 << 20)       # type: ignore[misc]
     tags = list(tags)
-    mine = [replace(image.manifest_descriptor, annotations=((REF_NAME, t),)) for t in tags] or [image.manifest_descriptor]
-    keep = [d for d in _old_entries(dest) if dict(d.annotations).get(REF_NAME) not in tags and d not in mine]
+    mine = [notes.entry(image, ((REF_NAME, t),)) for t in tags] or [notes.entry(image, ())]
+    old = _old_index(dest)
+    keep = [d for d in old.manifests if dict(d.annotations).get(REF_NAME) not in tags and d not in mine]
     atomic_write(dest / "oci-layout", OCI_LAYOUT)
-    atomic_write(dest / "index.json", Index(manifests=tuple(keep + mine)).to_bytes())
+    index = Index(manifests=tuple(keep + mine), annotations=tuple(sorted({**dict(old.annotations), **dict(notes.index)}.items())))
+    atomic_write(dest / "index.json", index.to_bytes())
 
 
-def _old_entries(dest: Path) -> list[Descriptor]:
+def _old_index(dest: Path) -> Index:
     try:
-        return list(Index.from_bytes((dest / "index.json").read_bytes()).manifests)
+        return Index.from_bytes((dest / "index.json").read_bytes())
     except FileNotFoundError:
-        return []
+        return Index(manifests=())
     except (ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{dest}/index.json is not an OCI image index: {e}") from e
