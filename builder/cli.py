@@ -65,7 +65,9 @@ def parse_output(text: str) -> Any:
     comp = fields.pop("compression", "gzip")
     push = _bool(fields, "push", typ == "registry") if typ in ("image", "registry") else False
     tar = _bool(fields, "tar", True) if typ == "oci" else True
-    oci_types = fields.pop("oci-mediatypes", None) if typ in ("oci", "docker", "image", "registry") else None
+    image_typ = typ in ("oci", "docker", "image", "registry")
+    oci_types = fields.pop("oci-mediatypes", None) if image_typ else None
+    force = _bool(fields, "force-compression", False) if image_typ else False
     try:
         compression = Compression.parse(comp)
     except ValueError:
@@ -78,7 +80,7 @@ def parse_output(text: str) -> Any:
     if typ in ("oci", "tar", "local") and not dest:
         raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
     return OutputSpec(type=typ, dest=dest, compression=compression, names=names,  # type: ignore[arg-type]
-                      push=push and typ == "image", tar=tar,
+                      push=push and typ == "image", tar=tar, force_compression=force,
                       oci_mediatypes=None if oci_types is None else _bool({"v": oci_types}, "v", True))
 
 

@@ -36,6 +36,7 @@ class OutputSpec:
     push: bool = False                   # type=image,push=true (type=registry always pushes)
     tar: bool = True                     # type=oci,tar=false: an OCI layout directory at dest
     oci_mediatypes: bool | None = None   # None: OCI media types, but docker's for type=docker (as BuildKit)
+    force_compression: bool = False      # base-image layers recompressed too (else sent as pulled)
 
     @property
     def pushes(self) -> bool:

@@ -23,6 +23,8 @@ from builder.cli import default_root, main, parse_build_args, parse_output, pars
     ("type=registry,compression=zstd", OutputSpec(type="registry", compression="zstd")),
     ("type=docker,dest=d,oci-mediatypes=true", OutputSpec(type="docker", dest="d", oci_mediatypes=True)),
     ("type=oci,dest=d,oci-mediatypes=false", OutputSpec(type="oci", dest="d", oci_mediatypes=False)),
+    ("type=oci,dest=d,compression=zstd,force-compression=true",
+     OutputSpec(type="oci", dest="d", compression="zstd", force_compression=True)),
 ])
 def test_parse_output(text, want):
     assert parse_output(text) == want

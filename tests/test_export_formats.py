@@ -148,3 +148,23 @@ def test_cli_load(pybuild, workdir: Path, base_image: str) -> None:
     assert r.returncode == 1 and "no Docker engine" in r.stderr, r.stderr
     r = pybuild("build", str(ctx), "--load", env={"DOCKER_HOST": "tcp://1.2.3.4:2375"})
     assert r.returncode == 2 and "unix://" in r.stderr
+
+
+def test_base_layers_keep_their_blobs_unless_force_compression(tmp_path: Path) -> None:
+    from builder.export.dispatch import ExportInput, export_all
+    from builder.image.oci import Manifest
+    from builder.request import OutputSpec
+    store, image = _image(tmp_path, {"base": b"layer\n"})
+    chain = tuple(LayerRef(descriptor=d, diff_id=i) for d, i in zip(image.manifest.layers, image.config.diff_ids))
+    src = ExportInput(chain=chain, config=ImageConfig(), built=frozenset(), tags=(), stdout=None)
+
+    def layers(out: OutputSpec) -> list[Descriptor]:
+        got = export_all(store, None, (out,), src)  # type: ignore[arg-type]   (no rootfs output)
+        return list(Manifest.from_bytes(store.read_bytes(got.image.manifest_descriptor.digest)).layers)
+
+    kept = layers(OutputSpec(type="oci", dest=str(tmp_path / "a.tar"), compression="zstd"))
+    assert kept == list(image.manifest.layers)                        # the original blob, as pulled
+    forced = layers(OutputSpec(type="oci", dest=str(tmp_path / "b.tar"), compression="zstd", force_compression=True))
+    assert forced[0].media_type == MediaType.OCI_LAYER_ZSTD and forced[0].digest != kept[0].digest
+    docker = layers(OutputSpec(type="docker", dest=str(tmp_path / "c.tar")))
+    assert docker[0].digest == kept[0].digest and docker[0].media_type == MediaType.DOCKER_LAYER_GZIP

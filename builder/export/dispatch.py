@@ -74,7 +74,8 @@ def export_all(store: ContentStore, executor: Executor, outputs: tuple[OutputSpe
 def _image(store: ContentStore, out: OutputSpec, src: ExportInput, *, compress: bool = True) -> BuiltImage:
     """The image for `out`: layers this build made in `out`'s compression (when `compress`), base
     layers as they are; media types as `out.oci_mediatypes` asks (Docker's by default for docker)."""
-    chain = tuple(recompress(store, l, out.compression) if compress and l.descriptor.digest in src.built else l
+    chain = tuple(recompress(store, l, out.compression)
+                  if compress and (out.force_compression or l.descriptor.digest in src.built) else l
                   for l in src.chain)
     oci = out.oci_mediatypes if out.oci_mediatypes is not None else out.type != "docker"
     if not oci and not docker_media_types_possible(chain):
