@@ -27,7 +27,7 @@ def build(request: BuildRequest) -> BuildResult:
     """Build the request's Dockerfile. Raises UsageError for a bad request (before anything is
     created), DockerfileError / StepError / RegistryError / ... (PybuildError) otherwise."""
     plan = check_request(request)
-    with BuildEnv(request) as env:
+    with BuildEnv(request, registry_config=plan.registry) as env:
         worker = LazyWorker(lambda: _worker(env, request))
         env.stack.callback(worker.close)
         worker.prestart()

@@ -245,6 +245,7 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         source_date_epoch=parse_source_date_epoch(env),
         allow=allow, labels=parse_labels(labels), docker_socket=docker_socket(env),
         annotations=parse_annotations(annotations),
+        registry_config=registry_config_path(env), ca_bundle=ca_bundle(env),
     )
     result = build(req)
     write_result_files(result, metadata_file, iidfile)
@@ -260,6 +261,20 @@ def with_push(outs: tuple[Any, ...], push: bool) -> tuple[Any, ...]:
     if any(o.type in ("image", "registry") for o in outs):
         return tuple(replace(o, push=True) if o.type == "image" else o for o in outs)
     return (*outs, OutputSpec(type="registry"))
+
+
+def registry_config_path(env: dict[str, str]) -> Path | None:
+    """`$PYBUILD_CONFIG`, else `$XDG_CONFIG_HOME/pybuild/config.toml` (`~/.config/…`)."""
+    if env.get("PYBUILD_CONFIG"):
+        return Path(env["PYBUILD_CONFIG"])
+    base = env.get("XDG_CONFIG_HOME") or (str(Path(env["HOME"]) / ".config") if env.get("HOME") else "")
+    return Path(base) / "pybuild" / "config.toml" if base else None
+
+
+def ca_bundle(env: dict[str, str]) -> Path | None:
+    """The CA bundle for HTTPS registries: `$SSL_CERT_FILE`, else `$REQUESTS_CA_BUNDLE`."""
+    value = env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE")
+    return Path(value) if value else None
 
 
 def docker_socket(env: dict[str, str]) -> str:
@@ -308,7 +323,10 @@ def login_cmd(registry: str, username: str, password_stdin: bool, password: str 
     secret = sys.stdin.read().rstrip("\r\n") if password_stdin else (password or "")
     if not secret:
         raise click.BadParameter("the password is empty", param_hint="--password-stdin")
-    login(_config_path(), registry, username, secret, insecure=insecure)
+    from builder.registry.config import load_registry_config
+    env = dict(os.environ)
+    cfg = load_registry_config(registry_config_path(env), ca_bundle=ca_bundle(env))
+    login(_config_path(), registry, username, secret, insecure=insecure, registry_config=cfg)
     click.echo("Login Succeeded")
 
 

@@ -67,6 +67,8 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
     docker_socket: str = "/var/run/docker.sock"         # type=docker without dest (--load) loads here
     annotations: tuple[Annotation, ...] = ()             # --annotation
+    registry_config: Path | None = None                  # buildkitd.toml-like [registry] file (mirrors, http, CA)
+    ca_bundle: Path | None = None                        # CA bundle for HTTPS registries (SSL_CERT_FILE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -120,3 +120,22 @@ def test_annotations_like_buildx():
     for bad in ("novalue", "bogus:k=v", "index-descriptor:k=v"):
         with pytest.raises(click.BadParameter):
             parse_annotations([bad])
+
+
+def test_registry_config_and_ca_bundle_from_env(tmp_path, monkeypatch):
+    from pathlib import Path
+    from builder.cli import ca_bundle, registry_config_path
+    assert registry_config_path({"PYBUILD_CONFIG": "/c.toml", "HOME": "/h"}) == Path("/c.toml")
+    assert registry_config_path({"HOME": "/h"}) == Path("/h/.config/pybuild/config.toml")
+    assert registry_config_path({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}) == Path("/x/pybuild/config.toml")
+    assert ca_bundle({"SSL_CERT_FILE": "/a", "REQUESTS_CA_BUNDLE": "/b"}) == Path("/a")
+    assert ca_bundle({"REQUESTS_CA_BUNDLE": "/b"}) == Path("/b") and ca_bundle({}) is None
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "bad.toml").write_text('[registry."x"]\nhttp = "yes"\n')
+    monkeypatch.setenv("PYBUILD_CONFIG", str(tmp_path / "bad.toml"))
+    monkeypatch.setenv("PYBUILD_ROOT", str(tmp_path / "root"))
+    with pytest.raises(SystemExit) as ei:
+        main(["build", str(ctx)])
+    assert ei.value.code == 2 and not (tmp_path / "root").exists()

@@ -46,13 +46,22 @@ class RegistryClient:
     def __init__(self, session: requests.Session, *, auth: Authenticator, insecure_hosts: Collection[str] = (),
                  sleep: Callable[[float], None] = time.sleep, max_tries: int = 4, backoff: float = 0.5,
                  max_retry_after: float = 60.0, timeout: float = 60.0,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 verify: Callable[[str], "bool | str"] | None = None,
+                 mirrors: Callable[[str], tuple[str, ...]] = lambda registry: ()) -> None:
+        """`verify`: requests' `verify` per HTTPS host (see HttpClient); `mirrors(registry)`: hosts
+        that pulls of `registry`'s images try first (`mirrors_for`)."""
+        self.mirrors = mirrors
         self._auth = auth
         self._locks_lock = threading.Lock()
         self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
         self._http = HttpClient(session, insecure_hosts=insecure_hosts, sleep=sleep, jitter=jitter, timeout=timeout,
                                 retry=RetryPolicy(max_tries=max_tries, backoff=backoff,
-                                                  max_retry_after=max_retry_after))
+                                                  max_retry_after=max_retry_after), verify=verify)
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._http.close()
 
     # ------------------------------------------------------------------ urls
     def scheme(self, ref: Reference) -> str:

@@ -4,8 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Collection
+
 from builder.image.reference import Reference
-from builder.registry.credentials import Credentials, DockerConfigWriter, StaticCredentials
+from builder.registry.config import RegistryConfig
+from builder.registry.credentials import CredentialProvider, Credentials, DockerConfigWriter, StaticCredentials
+
+if TYPE_CHECKING:     # requests loads only when a registry is used
+    from builder.registry.client import RegistryClient
+
+
+def registry_client(config: RegistryConfig, *, insecure: Collection[str] = (), docker_config: Path | None = None,
+                    credentials: CredentialProvider | None = None) -> RegistryClient:
+    """A RegistryClient over a new session (closed by `client.close()`) that follows `config`:
+    plain HTTP, certificate checks and CA per host (token realms too), mirrors for pulls.
+    Credentials: `credentials`, else the docker config file `docker_config`."""
+    import requests
+    from builder.registry.auth import Authenticator
+    from builder.registry.client import RegistryClient
+    from builder.registry.http import HttpClient
+    session = requests.Session()
+    plain = (*insecure, *config.plain_http_hosts())
+    token_http = HttpClient(session, insecure_hosts=plain, verify=config.verify, timeout=30.0)
+    auth = Authenticator(session, credentials, config_path=docker_config, http=token_http)
+    return RegistryClient(session, auth=auth, insecure_hosts=plain, verify=config.verify, mirrors=config.mirrors)
 
 
 def normalize_registry(registry: str) -> str:
@@ -14,17 +36,17 @@ def normalize_registry(registry: str) -> str:
     return Reference.parse(f"{host}/x/y").registry if host else registry
 
 
-def login(config_path: Path, registry: str, username: str, password: str, *, insecure: bool = False) -> None:
+def login(config_path: Path, registry: str, username: str, password: str, *, insecure: bool = False,
+          registry_config: RegistryConfig = RegistryConfig()) -> None:
     """Check the credentials against `registry`; save them on success. AuthError when refused."""
-    import requests
-    from builder.registry.auth import Authenticator
-    from builder.registry.client import RegistryClient
     reg = normalize_registry(registry)
     creds = Credentials(username=username, password=password)
-    with requests.Session() as session:
-        auth = Authenticator(session, StaticCredentials({reg: creds}))
-        client = RegistryClient(session, auth=auth, insecure_hosts=(reg,) if insecure else ())
+    client = registry_client(registry_config, insecure=(reg,) if insecure else (),
+                             credentials=StaticCredentials({reg: creds}))
+    try:
         client.ping(reg)
+    finally:
+        client.close()
     DockerConfigWriter(config_path).login(reg, creds)
 
 
