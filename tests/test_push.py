@@ -188,3 +188,21 @@ def test_cli_push_errors_exit_1_and_name_the_repository(pybuild, workdir: Path, 
     dead = f"127.0.0.1:{int(port) + 1 if int(port) < 65535 else 1}"
     r = pybuild("build", str(ctx), "-t", f"{dead}/nowhere/x:1", "--push")
     assert r.returncode == 1 and f"{dead}/nowhere/x" in r.stderr, r.stderr
+
+
+def test_cli_image_output_with_push_true_also_stores(pybuild, workdir: Path, registry: str, base_image: str) -> None:
+    import tarfile
+    ctx = _build_ctx(workdir, base_image)
+    name = f"{registry}/cli/stored:4"
+    r = pybuild("build", str(ctx), "--output", f"type=image,name={name},push=true", "--progress", "plain")
+    assert r.returncode == 0, r.stderr
+    digest = r.stdout.decode().strip()
+    assert manifest_digest(name) == digest
+    images = pybuild("images")
+    assert name in images.stdout.decode() and digest in images.stdout.decode()
+    out = pybuild("build", str(ctx), "-t", "demo:5", "--output", "type=docker,dest=-")
+    assert out.returncode == 0, out.stderr
+    tar = workdir / "stdout.tar"
+    tar.write_bytes(out.stdout)
+    with tarfile.open(tar) as tf:
+        assert json.load(tf.extractfile("manifest.json"))[0]["RepoTags"] == ["demo:5"]  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from builder.image.oci import Platform
 from builder.image.reference import Reference
 from builder.registry.config import HostConfig, RegistryConfig, load_registry_config
 from builder.registry.http import HttpClient
-from builder.registry.login import registry_client
+from builder.registry.connect import registry_client
 from builder.registry.pull import pull_image
 from builder.store.content import ContentStore
 from registry_fixture import (FakeRequest, FakeResponse, FakeServer, fake_http,  # noqa: F401  (fixture)
@@ -40,6 +40,7 @@ def test_config_file_is_read_and_checked(tmp_path: Path) -> None:
             load_registry_config(f)
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_ca_and_insecure_per_host(tmp_path: Path, fake_http: Callable[..., FakeServer]) -> None:
     cert, key = self_signed_cert(tmp_path)
     server = fake_http(lambda req: FakeResponse(body=b"ok"), tls=(cert, key))

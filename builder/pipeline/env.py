@@ -69,7 +69,7 @@ class BuildEnv:
     def registry(self) -> RegistryClient:
         """The registry client of this build (one HTTP session, credentials from docker config)."""
         if self._client is None:
-            from builder.registry.login import registry_client
+            from builder.registry.connect import registry_client
             self._client = registry_client(self.registry_config, insecure=self.req.insecure_registries,
                                            docker_config=self.req.docker_config)
             self.stack.callback(self._client.close)

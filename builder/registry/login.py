@@ -4,30 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import TYPE_CHECKING, Collection
-
 from builder.image.reference import Reference
 from builder.registry.config import RegistryConfig
-from builder.registry.credentials import CredentialProvider, Credentials, DockerConfigWriter, StaticCredentials
-
-if TYPE_CHECKING:     # requests loads only when a registry is used
-    from builder.registry.client import RegistryClient
-
-
-def registry_client(config: RegistryConfig, *, insecure: Collection[str] = (), docker_config: Path | None = None,
-                    credentials: CredentialProvider | None = None) -> RegistryClient:
-    """A RegistryClient over a new session (closed by `client.close()`) that follows `config`:
-    plain HTTP, certificate checks and CA per host (token realms too), mirrors for pulls.
-    Credentials: `credentials`, else the docker config file `docker_config`."""
-    import requests
-    from builder.registry.auth import Authenticator
-    from builder.registry.client import RegistryClient
-    from builder.registry.http import HttpClient
-    session = requests.Session()
-    plain = (*insecure, *config.plain_http_hosts())
-    token_http = HttpClient(session, insecure_hosts=plain, verify=config.verify, timeout=30.0)
-    auth = Authenticator(session, credentials, config_path=docker_config, http=token_http)
-    return RegistryClient(session, auth=auth, insecure_hosts=plain, verify=config.verify, mirrors=config.mirrors)
+from builder.registry.connect import registry_client
+from builder.registry.credentials import Credentials, DockerConfigWriter, StaticCredentials
 
 
 def normalize_registry(registry: str) -> str:
