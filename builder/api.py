@@ -27,7 +27,7 @@ def build(request: BuildRequest) -> BuildResult:
     """Build the request's Dockerfile. Raises UsageError for a bad request (before anything is
     created), DockerfileError / StepError / RegistryError / ... (PybuildError) otherwise."""
     plan = check_request(request)
-    with BuildEnv(request) as env:
+    with BuildEnv(request, registry_config=plan.registry) as env:
         worker = LazyWorker(lambda: _worker(env, request))
         env.stack.callback(worker.close)
         worker.prestart()
@@ -38,6 +38,8 @@ def _build(plan: BuildPlan, request: BuildRequest, env: BuildEnv, worker: LazyWo
     from builder.pipeline.config import image_config
     from builder.pipeline.resolver import SourceResolver
     from builder.pipeline.solve import solve_graph
+    from builder.pipeline.push import registry_pusher
+    from builder.pipeline.metadata import build_metadata
     from builder.export.dispatch import ExportInput, export_all
     from builder.solve.results import RootfsResult
     resolver = SourceResolver(store=env.store, registry=env.registry, pull=request.pull)
@@ -46,15 +48,16 @@ def _build(plan: BuildPlan, request: BuildRequest, env: BuildEnv, worker: LazyWo
     result = solved.result
     if not isinstance(result, RootfsResult):
         raise PybuildError("the build target is not a root filesystem")
-    config = image_config(graph.target, solved.steps, result.chain, request.source_date_epoch)
+    config = image_config(graph.target, solved.steps, result.chain, request.source_date_epoch, request.labels)
     built = {s.layer.descriptor.digest for s in solved.steps.values() if s.layer is not None}
-    image = export_all(env.store, worker, request.outputs,
-                       ExportInput(chain=result.chain, config=config, built=built, tags=request.tags,
-                                   stdout=request.stdout))
-    meta = {"containerimage.digest": str(image.manifest_descriptor.digest),
-            "containerimage.config.digest": str(image.config_descriptor.digest)}
+    pusher = registry_pusher(env, resolver.origins()) if any(o.pushes for o in request.outputs) else None
+    exported = export_all(env.store, worker, request.outputs,
+                          ExportInput(chain=result.chain, config=config, built=built, tags=request.tags,
+                                      stdout=request.stdout, push=pusher, docker_socket=request.docker_socket,
+                                      annotations=request.annotations))
+    image = exported.image
     return BuildResult(digest=image.manifest_descriptor.digest, config_digest=image.config_descriptor.digest,
-                       descriptor=image.manifest_descriptor, metadata=meta)
+                       descriptor=image.manifest_descriptor, metadata=build_metadata(image, exported.names))
 
 
 def _graph(plan: BuildPlan, req: BuildRequest, resolver: SourceResolver) -> BuildGraph:
@@ -76,6 +79,7 @@ def _worker(env: BuildEnv, req: BuildRequest) -> Worker:
     # Layers are written in the first OCI output's compression (one pass: tar, compress, hash).
     # Builds that export no OCI tar keep layers uncompressed: BuildKit's image store and rootfs
     # outputs do not compress either, and a later OCI export compresses them once.
-    comp = next((o.compression for o in req.outputs if o.type == "oci"), Compression.UNCOMPRESSED)
+    comp = next((o.compression for o in req.outputs if o.type in ("oci", "docker") or o.pushes),
+                Compression.UNCOMPRESSED)
     return Worker(env.store, SandboxOptions(root=env.root, snapshotter=req.snapshotter, compression=comp,
                                             source_date_epoch=req.source_date_epoch))

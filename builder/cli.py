@@ -12,7 +12,7 @@ import click
 
 from builder.errors import BuildCancelled, PybuildError, UsageError
 
-COMMANDS = {"build", "images", "--help", "-h", "--version"}
+COMMANDS = {"build", "images", "login", "logout", "--help", "-h", "--version"}
 
 
 def default_root(env: dict[str, str]) -> Path:
@@ -22,14 +22,21 @@ def default_root(env: dict[str, str]) -> Path:
     return Path(base) / "pybuild"
 
 
-def parse_output(text: str) -> Any:
-    """buildx --output: `type=oci,dest=F[,compression=zstd]`, `DIR` (local), `-` (tar to stdout)."""
-    from builder.image.oci import Compression
-    from builder.request import OutputSpec
-    if text == "-":
-        return OutputSpec(type="tar", dest="-")
-    if "=" not in text:
-        return OutputSpec(type="local", dest=text)
+_OUTPUT_TYPES = ("oci", "docker", "registry", "image", "tar", "local")
+
+
+def _bool(fields: dict[str, str], key: str, default: bool) -> bool:
+    text = fields.pop(key, None)
+    if text is None:
+        return default
+    if text.lower() in ("true", "1", ""):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise click.BadParameter(f"{key}={text}: want true or false", param_hint="--output")
+
+
+def _output_fields(text: str) -> dict[str, str]:
     import csv
     fields: dict[str, str] = {}
     for part in next(csv.reader([text])):      # CSV like buildx: type=image,"name=a:1,b:2"
@@ -37,23 +44,76 @@ def parse_output(text: str) -> Any:
         if not sep:
             raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint="--output")
         fields[k.strip()] = v.strip()
+    return fields
+
+
+def parse_output(text: str) -> Any:
+    """buildx --output: `type=oci|docker,dest=F[,compression=…][,tar=false]`,
+    `type=image[,name=A,B][,push=true]`, `type=registry[,name=REF]`, `type=tar|local,dest=…`,
+    `DIR` (local), `-` (tar to stdout)."""
+    from builder.image.oci import Compression
+    from builder.request import OutputSpec
+    if text == "-":
+        return OutputSpec(type="tar", dest="-")
+    if "=" not in text:
+        return OutputSpec(type="local", dest=text)
+    fields = _output_fields(text)
     typ = fields.pop("type", "local")
+    if typ not in _OUTPUT_TYPES:
+        raise click.BadParameter(f"type={typ} is not supported ({', '.join(_OUTPUT_TYPES)})", param_hint="--output")
     dest = fields.pop("dest", "")
     comp = fields.pop("compression", "gzip")
-    if typ not in ("oci", "tar", "local", "image"):
-        raise click.BadParameter(f"type={typ} is not supported yet (oci, tar, local, image)", param_hint="--output")
+    push = _bool(fields, "push", typ == "registry") if typ in ("image", "registry") else False
+    tar = _bool(fields, "tar", True) if typ == "oci" else True
+    image_typ = typ in ("oci", "docker", "image", "registry")
+    oci_types = fields.pop("oci-mediatypes", None) if image_typ else None
+    force = _bool(fields, "force-compression", False) if image_typ else False
     try:
         compression = Compression.parse(comp)
     except ValueError:
         raise click.BadParameter(f"compression={comp}: use gzip, zstd or uncompressed", param_hint="--output") from None
-    if typ != "oci" and comp != "gzip":
-        raise click.BadParameter("compression= applies to type=oci only", param_hint="--output")
-    names = tuple(n for n in fields.pop("name", "").split(",") if n) if typ == "image" else ()
+    if typ not in ("oci", "docker", "registry") and not push and comp != "gzip":
+        raise click.BadParameter("compression= applies to type=oci, docker and pushed images", param_hint="--output")
+    names = tuple(n for n in fields.pop("name", "").split(",") if n) if typ in ("image", "registry", "docker") else ()
     if fields:
         raise click.BadParameter(f"unknown key(s) {', '.join(sorted(fields))}", param_hint="--output")
     if typ in ("oci", "tar", "local") and not dest:
         raise click.BadParameter(f"type={typ} needs dest=", param_hint="--output")
-    return OutputSpec(type=typ, dest=dest, compression=compression, names=names)  # type: ignore[arg-type]
+    return OutputSpec(type=typ, dest=dest, compression=compression, names=names,  # type: ignore[arg-type]
+                      push=push and typ == "image", tar=tar, force_compression=force,
+                      oci_mediatypes=None if oci_types is None else _bool({"v": oci_types}, "v", True))
+
+
+_ANNOTATION_LEVELS = ("manifest", "index", "manifest-descriptor")
+
+
+def parse_annotations(items: Sequence[str]) -> tuple[Any, ...]:
+    """--annotation `[LEVEL[PLATFORM,…]:]KEY=VALUE` as buildx; LEVEL manifest (default), index,
+    manifest-descriptor. A platform qualifier is accepted (one platform is built)."""
+    import re
+    from builder.request import Annotation
+    out = []
+    for it in items:
+        m = re.fullmatch(r"(?:([a-z-]+)(?:\[[^\]]*\])?:)?([^=:]+)=(.*)", it, re.S)
+        if m is None:
+            raise click.BadParameter(f"{it!r}: want [LEVEL:]KEY=VALUE", param_hint="--annotation")
+        level = m.group(1) or "manifest"
+        if level not in _ANNOTATION_LEVELS:
+            raise click.BadParameter(f"{it!r}: level {level} is not one of {', '.join(_ANNOTATION_LEVELS)}",
+                                     param_hint="--annotation")
+        out.append(Annotation(key=m.group(2), value=m.group(3), level=level))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """--label KEY=VALUE (repeatable)."""
+    out: dict[str, str] = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not k or not sep:
+            raise click.BadParameter(f"{it!r}: want KEY=VALUE", param_hint="--label")
+        out[k] = v
+    return out
 
 
 def parse_source_date_epoch(env: dict[str, str]) -> int | None:
@@ -140,6 +200,11 @@ def cli() -> None:
 @click.option("--secret", "secrets", multiple=True, help="id=ID,src=PATH or id=ID,env=VAR")
 @click.option("--platform", help="target platform (only the host's is supported)")
 @click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path), help="write build metadata JSON here")
+@click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path), help="write the image digest here")
+@click.option("--push", is_flag=True, help="push the image to the registry of each -t name (--output type=registry)")
+@click.option("--load", is_flag=True, help="load the image into the Docker engine (--output type=docker)")
+@click.option("--annotation", "annotations", multiple=True, help="[LEVEL:]KEY=VALUE annotation (manifest, index, manifest-descriptor)")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE label added to the image (repeatable)")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(["network.host", "security.insecure"]),
               help="grant an entitlement (network.host: RUN --network=host)")
 @click.option("--snapshotter", type=click.Choice(["auto", "overlay", "native"]), default="auto", hidden=True,
@@ -147,15 +212,18 @@ def cli() -> None:
 def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], build_args: tuple[str, ...],
               target: str | None, no_cache: bool, pull: bool, progress: str, quiet: bool,
               insecure: tuple[str, ...], build_contexts: tuple[str, ...], outputs: tuple[str, ...],
-              secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, allow: tuple[str, ...],
-              snapshotter: str) -> None:
+              secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, iidfile: Path | None,
+              push: bool, load: bool, annotations: tuple[str, ...], labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str) -> None:
     """Build the Dockerfile in CONTEXT."""
     from builder.api import build
     from builder.request import BuildRequest
     from builder.registry.auth import docker_config_path
     from builder.progress import renderer_for
     env = dict(os.environ)
-    outs = tuple(parse_output(o) for o in outputs)
+    outs = with_push(tuple(parse_output(o) for o in outputs), push)
+    if load:
+        from builder.request import OutputSpec
+        outs = (*outs, OutputSpec(type="docker"))
     if sum(1 for o in outs if o.dest == "-") > 1:
         raise click.BadParameter("only one output can go to stdout", param_hint="--output")
     to_stdout = any(o.dest == "-" for o in outs)
@@ -175,14 +243,58 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         snapshotter=snapshotter,  # type: ignore[arg-type]
         stdout=sys.stdout.buffer if to_stdout else None,
         source_date_epoch=parse_source_date_epoch(env),
-        allow=allow,
+        allow=allow, labels=parse_labels(labels), docker_socket=docker_socket(env),
+        annotations=parse_annotations(annotations),
+        registry_config=registry_config_path(env), ca_bundle=ca_bundle(env),
     )
     result = build(req)
-    if metadata_file is not None:
-        import json
-        from builder.store.content import atomic_write
-        atomic_write(metadata_file, json.dumps(dict(result.metadata), indent=2, sort_keys=True).encode() + b"\n")
+    write_result_files(result, metadata_file, iidfile)
     click.echo(str(result.digest), err=to_stdout)
+
+
+def with_push(outs: tuple[Any, ...], push: bool) -> tuple[Any, ...]:
+    """`--push` as buildx: image outputs get push=true; with none, a registry output is added."""
+    if not push:
+        return outs
+    from dataclasses import replace
+    from builder.request import OutputSpec
+    if any(o.type in ("image", "registry") for o in outs):
+        return tuple(replace(o, push=True) if o.type == "image" else o for o in outs)
+    return (*outs, OutputSpec(type="registry"))
+
+
+def registry_config_path(env: dict[str, str]) -> Path | None:
+    """`$PYBUILD_CONFIG`, else `$XDG_CONFIG_HOME/pybuild/config.toml` (`~/.config/…`)."""
+    if env.get("PYBUILD_CONFIG"):
+        return Path(env["PYBUILD_CONFIG"])
+    base = env.get("XDG_CONFIG_HOME") or (str(Path(env["HOME"]) / ".config") if env.get("HOME") else "")
+    return Path(base) / "pybuild" / "config.toml" if base else None
+
+
+def ca_bundle(env: dict[str, str]) -> Path | None:
+    """The CA bundle for HTTPS registries: `$SSL_CERT_FILE`, else `$REQUESTS_CA_BUNDLE`."""
+    value = env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE")
+    return Path(value) if value else None
+
+
+def docker_socket(env: dict[str, str]) -> str:
+    """The Docker engine's unix socket: `$DOCKER_HOST` (unix://PATH only) or /var/run/docker.sock."""
+    host = env.get("DOCKER_HOST", "")
+    if not host:
+        return "/var/run/docker.sock"
+    if not host.startswith("unix://"):
+        raise click.BadParameter(f"DOCKER_HOST={host}: only unix:// sockets are supported for --load")
+    return host[len("unix://"):]
+
+
+def write_result_files(result: Any, metadata_file: Path | None, iidfile: Path | None) -> None:
+    """--metadata-file (BuildKit's keys, JSON) and --iidfile (the image digest, no newline)."""
+    import json
+    from builder.store.content import atomic_write
+    if metadata_file is not None:
+        atomic_write(metadata_file, json.dumps(dict(result.metadata), indent=2, sort_keys=True).encode() + b"\n")
+    if iidfile is not None:
+        atomic_write(iidfile, str(result.digest).encode())
 
 
 @cli.command("images")
@@ -195,6 +307,46 @@ def images_cmd() -> None:
     click.echo(f"{'NAME':<60} {'DIGEST':<71} SIZE")
     for t in rows:
         click.echo(f"{t.name:<60} {str(t.descriptor.digest):<71} {t.descriptor.size}")
+
+
+@cli.command("login")
+@click.argument("registry")
+@click.option("-u", "--username", required=True, help="user name")
+@click.option("--password-stdin", is_flag=True, help="read the password (or token) from stdin")
+@click.option("-p", "--password", help="the password (prefer --password-stdin)")
+@click.option("--insecure-registry", "insecure", is_flag=True, help="plain HTTP to this registry")
+def login_cmd(registry: str, username: str, password_stdin: bool, password: str | None, insecure: bool) -> None:
+    """Check credentials for REGISTRY and save them in the docker config (as `docker login`)."""
+    from builder.registry.login import login
+    if password_stdin == (password is not None):
+        raise click.BadParameter("give exactly one of --password-stdin and --password", param_hint="--password")
+    secret = sys.stdin.read().rstrip("\r\n") if password_stdin else (password or "")
+    if not secret:
+        raise click.BadParameter("the password is empty", param_hint="--password-stdin")
+    from builder.registry.config import load_registry_config
+    env = dict(os.environ)
+    cfg = load_registry_config(registry_config_path(env), ca_bundle=ca_bundle(env))
+    login(_config_path(), registry, username, secret, insecure=insecure, registry_config=cfg)
+    click.echo("Login Succeeded")
+
+
+@cli.command("logout")
+@click.argument("registry")
+def logout_cmd(registry: str) -> None:
+    """Remove REGISTRY's credentials from the docker config (as `docker logout`)."""
+    from builder.registry.login import logout
+    if logout(_config_path(), registry):
+        click.echo(f"Removing login credentials for {registry}")
+    else:
+        click.echo(f"Not logged in to {registry}")
+
+
+def _config_path() -> Path:
+    from builder.registry.credentials import docker_config_path
+    path = docker_config_path(dict(os.environ))
+    if path is None:
+        raise click.UsageError("set HOME or DOCKER_CONFIG: there is no docker config file to write")
+    return path
 
 
 def _on_term(signum: int, frame: Any) -> None:

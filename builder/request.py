@@ -12,14 +12,35 @@ from builder.image.oci import Compression, Descriptor
 from builder.progress import ProgressSink, null_sink
 
 
+AnnotationLevel = Literal["manifest", "index", "manifest-descriptor", "index-descriptor"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Annotation:
+    """One --annotation: `[LEVEL:]KEY=VALUE` as buildx (level `manifest` by default)."""
+    key: str
+    value: str
+    level: AnnotationLevel = "manifest"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutputSpec:
-    """One --output. type: oci (image-layout tar), tar (root filesystem tar), local (directory),
-    image (pybuild's local store). dest "-" means the injected stdout stream."""
-    type: Literal["oci", "tar", "local", "image"]
+    """One --output. type: oci (image-layout tar, or directory with `tar=False`), docker (a tarball
+    `docker load` accepts), tar (root filesystem tar), local (directory), image (pybuild's local
+    store; pushed too with `push=True`), registry (pushed only). dest "-" means the injected stdout
+    stream; type=docker without dest loads the image into the Docker engine (`--load`). `names` are image names besides -t (image, registry: tagged/pushed; docker: RepoTags)."""
+    type: Literal["oci", "tar", "local", "image", "registry", "docker"]
     dest: str = ""
     compression: Compression = Compression.GZIP
-    names: tuple[str, ...] = ()          # type=image,name=a,b: tags besides -t
+    names: tuple[str, ...] = ()
+    push: bool = False                   # type=image,push=true (type=registry always pushes)
+    tar: bool = True                     # type=oci,tar=false: an OCI layout directory at dest
+    oci_mediatypes: bool | None = None   # None: OCI media types, but docker's for type=docker (as BuildKit)
+    force_compression: bool = False      # base-image layers recompressed too (else sent as pulled)
+
+    @property
+    def pushes(self) -> bool:
+        return self.type == "registry" or (self.type == "image" and self.push)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +64,11 @@ class BuildRequest:
     stdout: BinaryIO | None = None
     source_date_epoch: int | None = None
     allow: tuple[str, ...] = ()                          # entitlements, as buildx --allow: network.host
+    labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
+    docker_socket: str = "/var/run/docker.sock"         # type=docker without dest (--load) loads here
+    annotations: tuple[Annotation, ...] = ()             # --annotation
+    registry_config: Path | None = None                  # buildkitd.toml-like [registry] file (mirrors, http, CA)
+    ca_bundle: Path | None = None                        # CA bundle for HTTPS registries (SSL_CERT_FILE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,4 +76,4 @@ class BuildResult:
     digest: Digest                    # manifest digest
     config_digest: Digest
     descriptor: Descriptor
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, object] = field(default_factory=dict)   # BuildKit's --metadata-file keys

@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,17 +68,28 @@ http:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real distribution registry on 127.0.0.1; yields "127.0.0.1:PORT"."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as addr:
+        yield addr
+
+
+@contextmanager
+def run_registry(base: Path, auth: str = "", *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Run docker-registry with its storage under `base` and the YAML `auth` section (indented
+    by two spaces per level, e.g. an htpasswd or token section), over HTTPS with `tls`
+    (certificate, key); yields "127.0.0.1:PORT"."""
     if not Path(REGISTRY_BIN).exists():
         pytest.skip("docker-registry is not installed")
-    base = tmp_path_factory.mktemp("registry")
     port = free_port()
     cfg = base / "config.yml"
-    cfg.write_text(_REGISTRY_CONFIG.format(root=base / "storage", port=port))
+    text = _REGISTRY_CONFIG.format(root=base / "storage", port=port)
+    if tls is not None:
+        text += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
+    cfg.write_text(text + (f"auth:\n{auth}" if auth else ""))
     log = open(base / "registry.log", "wb")
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/v2/", proc, base / "registry.log")
+        _wait_ready(f"{'https' if tls else 'http'}://127.0.0.1:{port}/v2/", proc, base / "registry.log")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -95,7 +107,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 15
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if requests.get(url, timeout=1).status_code == 200:
+            if requests.get(url, timeout=1, verify=False).status_code in (200, 401):
                 return
         except requests.RequestException:
             pass

@@ -12,12 +12,26 @@ from builder.cli import default_root, main, parse_build_args, parse_output, pars
     ("type=local,dest=dir", OutputSpec(type="local", dest="dir")),
     ("somedir", OutputSpec(type="local", dest="somedir")),
     ("-", OutputSpec(type="tar", dest="-")),
+    ("type=docker,dest=d.tar", OutputSpec(type="docker", dest="d.tar")),
+    ("type=docker", OutputSpec(type="docker")),
+    ('type=docker,dest=d.tar,"name=a:1,b"', OutputSpec(type="docker", dest="d.tar", names=("a:1", "b"))),
+    ("type=oci,dest=dir,tar=false", OutputSpec(type="oci", dest="dir", tar=False)),
+    ('type=image,"name=r/a:1,r/b:2",push=true', OutputSpec(type="image", names=("r/a:1", "r/b:2"), push=True)),
+    ("type=image,push=false", OutputSpec(type="image")),
+    ("type=registry,name=h:5000/x:1", OutputSpec(type="registry", names=("h:5000/x:1",))),
+    ("type=registry", OutputSpec(type="registry")),
+    ("type=registry,compression=zstd", OutputSpec(type="registry", compression="zstd")),
+    ("type=docker,dest=d,oci-mediatypes=true", OutputSpec(type="docker", dest="d", oci_mediatypes=True)),
+    ("type=oci,dest=d,oci-mediatypes=false", OutputSpec(type="oci", dest="d", oci_mediatypes=False)),
+    ("type=oci,dest=d,compression=zstd,force-compression=true",
+     OutputSpec(type="oci", dest="d", compression="zstd", force_compression=True)),
 ])
 def test_parse_output(text, want):
     assert parse_output(text) == want
 
 
-@pytest.mark.parametrize("text", ["type=docker,dest=x", "type=oci", "type=oci,dest=x,compression=lz4",
+@pytest.mark.parametrize("text", ["type=bogus,dest=x", "type=tar", "type=image,push=maybe",
+                                  "type=oci,dest=x,tar=nope", "type=tar,dest=x,oci-mediatypes=true", "type=image,compression=zstd", "type=oci", "type=oci,dest=x,compression=lz4",
                                   "type=tar,dest=x,compression=zstd", "type=oci,dest=x,bogus=1", "type=oci,dest"])
 def test_parse_output_rejects(text):
     with pytest.raises(click.BadParameter):
@@ -66,3 +80,62 @@ def test_bad_tag_and_foreign_platform_fail_before_building(tmp_path):
         with pytest.raises(SystemExit) as ei:
             main(["build", *args, str(tmp_path)])
         assert ei.value.code == 2
+
+
+def test_push_flag_like_buildx():
+    from builder.cli import with_push
+    assert with_push((), True) == (OutputSpec(type="registry"),)
+    assert with_push((OutputSpec(type="image"),), True) == (OutputSpec(type="image", push=True),)
+    oci = OutputSpec(type="oci", dest="x.tar")
+    assert with_push((oci,), True) == (oci, OutputSpec(type="registry"))
+    assert with_push((oci,), False) == (oci,)
+    assert OutputSpec(type="registry").pushes and OutputSpec(type="image", push=True).pushes
+    assert not OutputSpec(type="image").pushes
+
+
+def test_labels_and_result_files(tmp_path):
+    import json
+    from builder.api import BuildResult
+    from builder.cli import parse_labels, write_result_files
+    from builder.image.digest import Digest
+    from builder.image.oci import Descriptor
+    assert parse_labels(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
+    with pytest.raises(click.BadParameter):
+        parse_labels(["novalue"])
+    d = Digest.of_bytes(b"m")
+    res = BuildResult(digest=d, config_digest=Digest.of_bytes(b"c"),
+                      descriptor=Descriptor(media_type="application/vnd.oci.image.manifest.v1+json", digest=d, size=1),
+                      metadata={"containerimage.digest": str(d), "containerimage.descriptor": {"size": 1}})
+    write_result_files(res, tmp_path / "meta.json", tmp_path / "iid")
+    assert (tmp_path / "iid").read_text() == str(d)
+    assert json.loads((tmp_path / "meta.json").read_text())["containerimage.descriptor"] == {"size": 1}
+
+
+def test_annotations_like_buildx():
+    from builder.cli import parse_annotations
+    from builder.request import Annotation
+    assert parse_annotations(["a=1", "manifest:b=2", "index:c=3=x", "manifest-descriptor:d=", "manifest[linux/amd64]:e=5"]) == (
+        Annotation(key="a", value="1"), Annotation(key="b", value="2"), Annotation(key="c", value="3=x", level="index"),
+        Annotation(key="d", value="", level="manifest-descriptor"), Annotation(key="e", value="5"))
+    for bad in ("novalue", "bogus:k=v", "index-descriptor:k=v"):
+        with pytest.raises(click.BadParameter):
+            parse_annotations([bad])
+
+
+def test_registry_config_and_ca_bundle_from_env(tmp_path, monkeypatch):
+    from pathlib import Path
+    from builder.cli import ca_bundle, registry_config_path
+    assert registry_config_path({"PYBUILD_CONFIG": "/c.toml", "HOME": "/h"}) == Path("/c.toml")
+    assert registry_config_path({"HOME": "/h"}) == Path("/h/.config/pybuild/config.toml")
+    assert registry_config_path({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}) == Path("/x/pybuild/config.toml")
+    assert ca_bundle({"SSL_CERT_FILE": "/a", "REQUESTS_CA_BUNDLE": "/b"}) == Path("/a")
+    assert ca_bundle({"REQUESTS_CA_BUNDLE": "/b"}) == Path("/b") and ca_bundle({}) is None
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "bad.toml").write_text('[registry."x"]\nhttp = "yes"\n')
+    monkeypatch.setenv("PYBUILD_CONFIG", str(tmp_path / "bad.toml"))
+    monkeypatch.setenv("PYBUILD_ROOT", str(tmp_path / "root"))
+    with pytest.raises(SystemExit) as ei:
+        main(["build", str(ctx)])
+    assert ei.value.code == 2 and not (tmp_path / "root").exists()

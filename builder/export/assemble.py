@@ -21,16 +21,32 @@ class BuiltImage:
     config: ImageConfig
 
 
-def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig) -> BuiltImage:
-    """Write config and manifest blobs for `chain` + `config` (diff_ids taken from the chain)."""
+_DOCKER_LAYERS = {MediaType.OCI_LAYER_GZIP: MediaType.DOCKER_LAYER_GZIP, MediaType.OCI_LAYER: MediaType.DOCKER_LAYER}
+
+
+def docker_media_types_possible(chain: Chain) -> bool:
+    """Whether every layer has a Docker media type (zstd and foreign types have none)."""
+    return all(l.descriptor.media_type in _DOCKER_LAYERS or l.descriptor.media_type.startswith("application/vnd.docker.")
+               for l in chain)
+
+
+def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig, *, docker_types: bool = False,
+                   annotations: tuple[tuple[str, str], ...] = ()) -> BuiltImage:
+    """Write config and manifest blobs for `chain` + `config` (diff_ids taken from the chain).
+    `docker_types`: Docker schema 2 media types for manifest, config and layers (the same layer
+    blobs; the caller checks `docker_media_types_possible`), else OCI's. `annotations` go into
+    the manifest."""
     cfg = replace(config, diff_ids=tuple(l.diff_id for l in chain))
     raw_cfg = cfg.to_bytes()
     cd, cs = store.put_bytes(raw_cfg)
-    cdesc = Descriptor(media_type=MediaType.OCI_CONFIG, digest=cd, size=cs)
-    man = Manifest(config=cdesc, layers=tuple(l.descriptor for l in chain))
+    cdesc = Descriptor(media_type=MediaType.DOCKER_CONFIG if docker_types else MediaType.OCI_CONFIG, digest=cd, size=cs)
+    layers = tuple(replace(l.descriptor, media_type=_DOCKER_LAYERS.get(l.descriptor.media_type, l.descriptor.media_type))
+                   if docker_types else l.descriptor for l in chain)
+    man = Manifest(config=cdesc, layers=layers, annotations=tuple(sorted(annotations)),
+                   media_type=MediaType.DOCKER_MANIFEST if docker_types else MediaType.OCI_MANIFEST)
     raw_man = man.to_bytes()
     md, ms = store.put_bytes(raw_man)
-    mdesc = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=md, size=ms, platform=cfg.platform)
+    mdesc = Descriptor(media_type=man.media_type, digest=md, size=ms, platform=cfg.platform)
     return BuiltImage(manifest_descriptor=mdesc, manifest=man, config_descriptor=cdesc, config=cfg)
 
 

@@ -18,10 +18,14 @@ def epoch_time(source_date_epoch: int) -> str:
 
 
 def image_config(target: Target, steps: Mapping[Digest, StepInfo], chain: Chain,
-                 source_date_epoch: int | None) -> ImageConfig:
+                 source_date_epoch: int | None, labels: Mapping[str, str] | None = None) -> ImageConfig:
     """`target.config` with `created` and one history entry per instruction (base image history
-    first); empty_layer where a step made no layer. Always one non-empty entry per layer."""
+    first); empty_layer where a step made no layer. Always one non-empty entry per layer.
+    `labels` (--label) are added to the config's labels, winning over the Dockerfile's."""
     base = target.config
+    if labels:
+        merged = {**dict(base.config.labels), **labels}
+        base = replace(base, config=replace(base.config, labels=tuple(sorted(merged.items()))))
     hist: list[History] = list(target.base_history)
     times = [s.created for s in steps.values()]
     last = max(times) if times else (base.created or "1970-01-01T00:00:00Z")

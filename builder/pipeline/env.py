@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from builder.image.digest import Digest
+from builder.registry.config import RegistryConfig
 from builder.request import BuildRequest
 from builder.solve.cache import CacheIndex
 from builder.store.content import ContentStore, remove_stale
@@ -28,8 +29,9 @@ def default_root() -> Path:
 class BuildEnv:
     """`with BuildEnv(request) as env:` — store, cache, tmp and registry for one build."""
 
-    def __init__(self, req: BuildRequest) -> None:
+    def __init__(self, req: BuildRequest, *, registry_config: RegistryConfig | None = None) -> None:
         self.req = req
+        self.registry_config = registry_config or RegistryConfig(ca_bundle=req.ca_bundle)
         self.root = prepare_root(Path(req.root) if req.root is not None else default_root())
         self.store = ContentStore(self.root)
         self.cache = CacheIndex(self.root)
@@ -67,11 +69,8 @@ class BuildEnv:
     def registry(self) -> RegistryClient:
         """The registry client of this build (one HTTP session, credentials from docker config)."""
         if self._client is None:
-            import requests
-            from builder.registry.auth import Authenticator
-            from builder.registry.client import RegistryClient
-            session = requests.Session()
-            self.stack.callback(session.close)
-            auth = Authenticator(session=session, config_path=self.req.docker_config)
-            self._client = RegistryClient(session, auth=auth, insecure_hosts=self.req.insecure_registries)
+            from builder.registry.connect import registry_client
+            self._client = registry_client(self.registry_config, insecure=self.req.insecure_registries,
+                                           docker_config=self.req.docker_config)
+            self.stack.callback(self._client.close)
         return self._client

@@ -29,6 +29,7 @@ class SourceResolver:
         self._registry = registry
         self._pull = pull
         self._chains: dict[Digest, Chain] = {}
+        self._origins: dict[Digest, Reference] = {}
         self._lock = threading.Lock()
 
     def _keep(self, pulled: PulledImage) -> Digest:
@@ -50,11 +51,19 @@ class SourceResolver:
                 pulled = load_from_store(self._store, desc)
         if pulled is None:
             pulled = pull_image(self._registry(), self._store, r, platform)
+        with self._lock:
+            for d in (pulled.manifest.config, *pulled.manifest.layers):
+                self._origins.setdefault(d.digest, r.with_repository(r.repository))
         return ResolvedImage(ref=str(r), digest=self._keep(pulled), config=pulled.config)
 
     def resolve_oci_layout(self, path: str, tag: str, platform: Platform) -> ResolvedImage:
         pulled = load_oci_layout(Path(path), tag, platform, self._store)
         return ResolvedImage(ref=f"oci-layout://{path}:{tag}", digest=self._keep(pulled), config=pulled.config)
+
+    def origins(self) -> Mapping[Digest, Reference]:
+        """Blob digest → the repository of a registry image it came from (for cross-repo mounts)."""
+        with self._lock:
+            return MappingProxyType(dict(self._origins))
 
     def resolved(self) -> Mapping[Digest, Chain]:
         """Every image resolved so far: manifest digest → chain (a read-only copy)."""

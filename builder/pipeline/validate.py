@@ -10,6 +10,7 @@ from typing import Literal, Mapping
 from builder.errors import UsageError
 from builder.image.oci import Platform
 from builder.image.reference import Reference
+from builder.registry.config import RegistryConfig, load_registry_config
 from builder.request import BuildRequest
 
 
@@ -30,6 +31,7 @@ class BuildPlan:
     build_platform: Platform
     named: Mapping[str, NamedSource]
     dirs: Mapping[str, Path]            # every local directory input by name ("context" included)
+    registry: RegistryConfig            # the registry configuration file, read and checked
 
 
 def check_request(req: BuildRequest) -> BuildPlan:
@@ -49,8 +51,11 @@ def check_request(req: BuildRequest) -> BuildPlan:
     named = {name: _named(name, value) for name, value in req.build_contexts.items()}
     dirs = {name: Path(n.value) for name, n in named.items() if n.kind == "local"}
     dirs["context"] = context
+    if req.ca_bundle is not None and not Path(req.ca_bundle).is_file():
+        raise UsageError(f"CA bundle {req.ca_bundle} (SSL_CERT_FILE / REQUESTS_CA_BUNDLE) does not exist")
+    registry = load_registry_config(req.registry_config, ca_bundle=req.ca_bundle)
     return BuildPlan(context=context, dockerfile=dockerfile, dockerfile_data=data, platform=platform,
-                     build_platform=host, named=named, dirs=dirs)
+                     build_platform=host, named=named, dirs=dirs, registry=registry)
 
 
 def _platform(text: str | None, host: Platform) -> Platform:
@@ -75,10 +80,14 @@ def _check_tags(req: BuildRequest) -> None:
 
 def _check_outputs(req: BuildRequest) -> None:
     for out in req.outputs:
-        if out.type not in ("oci", "tar", "local", "image"):
+        if out.type not in ("oci", "tar", "local", "image", "registry", "docker"):
             raise UsageError(f"--output type={out.type}: unsupported output type")
         if out.type in ("oci", "tar", "local") and not out.dest:
             raise UsageError(f"--output type={out.type} needs dest=")
+        if out.pushes and not (req.tags or out.names):
+            raise UsageError(f"--output type={out.type}: pushing needs an image name (-t NAME or name=NAME)")
+        if out.type == "oci" and not out.tar and out.dest == "-":
+            raise UsageError("--output type=oci,tar=false needs a directory as dest=")
         if out.dest == "-" and req.stdout is None:
             raise UsageError(f"--output type={out.type},dest=-: output to '-' needs a stdout stream")
 

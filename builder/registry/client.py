@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from typing import Any, BinaryIO, Callable, Collection
 from urllib.parse import urlencode, urljoin
@@ -36,6 +37,7 @@ from builder.image.reference import Reference
 CHUNK = 1 << 20
 _ACCEPT = ", ".join(MediaType.MANIFESTS + MediaType.INDEXES)
 _MAX_INDEX_DEPTH = 4
+_DEFAULT_CODES = {401: ("UNAUTHORIZED",), 403: ("DENIED",)}
 
 
 class RegistryClient:
@@ -44,11 +46,22 @@ class RegistryClient:
     def __init__(self, session: requests.Session, *, auth: Authenticator, insecure_hosts: Collection[str] = (),
                  sleep: Callable[[float], None] = time.sleep, max_tries: int = 4, backoff: float = 0.5,
                  max_retry_after: float = 60.0, timeout: float = 60.0,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 verify: Callable[[str], "bool | str"] | None = None,
+                 mirrors: Callable[[str], tuple[str, ...]] = lambda registry: ()) -> None:
+        """`verify`: requests' `verify` per HTTPS host (see HttpClient); `mirrors(registry)`: hosts
+        that pulls of `registry`'s images try first (`mirrors_for`)."""
+        self.mirrors = mirrors
         self._auth = auth
+        self._locks_lock = threading.Lock()
+        self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
         self._http = HttpClient(session, insecure_hosts=insecure_hosts, sleep=sleep, jitter=jitter, timeout=timeout,
                                 retry=RetryPolicy(max_tries=max_tries, backoff=backoff,
-                                                  max_retry_after=max_retry_after))
+                                                  max_retry_after=max_retry_after), verify=verify)
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self._http.close()
 
     # ------------------------------------------------------------------ urls
     def scheme(self, ref: Reference) -> str:
@@ -140,14 +153,34 @@ class RegistryClient:
             return True
 
     def upload_blob(self, ref: Reference, desc: Descriptor, open_fn: Callable[[], BinaryIO], *,
-                    mount_from: Reference | None = None) -> str:
+                    mount_from: Reference | None = None, chunk_size: int | None = None) -> str:
         """Make blob `desc` exist in `ref`'s repository. Returns "exists", "mounted" or "uploaded".
 
         HEAD first; then a cross-repo mount from `mount_from` (same registry) when given; else a
-        POST + monolithic PUT whose body comes from `open_fn()` (called once per attempt; the
-        stream is closed here)."""
+        POST and the body from `open_fn()` (called once per attempt; the stream is closed here):
+        one monolithic PUT, or PATCH chunks of `chunk_size` bytes then a closing PUT when the blob
+        is larger than `chunk_size`. A failed upload raises; callers restart it from the start."""
         if self.blob_exists(ref, desc.digest):
             return "exists"
+        location = self._start_upload(ref, desc, mount_from)
+        if location is None:
+            return "mounted"
+        body: Body = open_fn
+        length = desc.size
+        if chunk_size is not None and desc.size > chunk_size:
+            location = self._patch_chunks(ref, desc, location, open_fn, chunk_size)
+            body, length = (lambda: b""), 0
+        sep = "&" if "?" in location else "?"
+        put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
+        resp = self._send("PUT", ref, put_url, actions="pull,push", body=body,
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)})
+        with released(resp):
+            self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
+        return "uploaded"
+
+    def _start_upload(self, ref: Reference, desc: Descriptor, mount_from: Reference | None) -> str | None:
+        """POST an upload (with `?mount=&from=` when `mount_from` is another repository of the same
+        registry): None when the registry mounted the blob, else the upload Location."""
         uploads = f"{self.base_url(ref)}/v2/{ref.repository}/blobs/uploads/"
         extra: tuple[str, ...] = ()
         if mount_from is not None and mount_from.registry == ref.registry and mount_from.repository != ref.repository:
@@ -157,16 +190,28 @@ class RegistryClient:
                           headers={"Content-Length": "0"})
         with released(resp):
             if resp.status_code == 201 and extra:
-                return "mounted"
+                return None
             self._check(resp, ref, f"blob upload {desc.digest}", (202,))
-            location = self._upload_location(ref, resp)
-        sep = "&" if "?" in location else "?"
-        put_url = f"{location}{sep}{urlencode({'digest': str(desc.digest)})}"
-        resp = self._send("PUT", ref, put_url, actions="pull,push", body=open_fn,
-                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)})
-        with released(resp):
-            self._check(resp, ref, f"blob upload {desc.digest}", (201, 204))
-        return "uploaded"
+            return self._upload_location(ref, resp)
+
+    def _patch_chunks(self, ref: Reference, desc: Descriptor, location: str, open_fn: Callable[[], BinaryIO],
+                      chunk_size: int) -> str:
+        """Send the blob as PATCH chunks (`Content-Range: start-end`); the Location to close with."""
+        offset = 0
+        with open_fn() as stream:
+            while offset < desc.size:
+                data = stream.read(min(chunk_size, desc.size - offset))
+                if not data:
+                    raise RegistryError(f"{ref}: blob {desc.digest}: source ended after {offset} of {desc.size} bytes")
+                end = offset + len(data) - 1
+                resp = self._send("PATCH", ref, location, actions="pull,push", body=lambda d=data: d,  # type: ignore[misc]
+                                  headers={"Content-Type": "application/octet-stream",
+                                           "Content-Range": f"{offset}-{end}", "Content-Length": str(len(data))})
+                with released(resp):
+                    self._check(resp, ref, f"blob upload {desc.digest} (bytes {offset}-{end})", (202,))
+                    location = self._upload_location(ref, resp)
+                offset += len(data)
+        return location
 
     def put_manifest(self, ref: Reference, media_type: str, data: bytes) -> Descriptor:
         """PUT manifest/index `data` at `ref` (tag or digest); return its descriptor."""
@@ -192,6 +237,25 @@ class RegistryClient:
             raise RegistryError(f"{ref}: upload Location {url!r} leaves the registry origin")
         return url
 
+    def ping(self, registry: str) -> None:
+        """`GET /v2/` on `registry` with its credentials (as `docker login` checks them): returns
+        when the registry accepts them, AuthError when it refuses them, RegistryError otherwise."""
+        url = f"{self._http.scheme_for(registry)}://{registry}/v2/"
+        if registry == "docker.io":
+            url = "https://registry-1.docker.io/v2/"
+        resp = self._http.request("GET", url, label=registry)
+        if resp.status_code == 401 and resp.headers.get("WWW-Authenticate"):
+            challenge = resp.headers["WWW-Authenticate"]
+            discard(resp)
+            auth = self._auth.respond(registry, challenge, "")
+            resp = self._http.request("GET", url, label=registry, auth=auth)
+        with released(resp):
+            if resp.status_code != 200:
+                body = error_body(resp)
+                msg = f"{registry}: login: HTTP {resp.status_code}" + (f": {body.detail}" if body.detail else "")
+                cls = AuthError if resp.status_code in (401, 403) else RegistryError
+                raise cls(msg, status=resp.status_code, codes=body.codes)
+
     # ------------------------------------------------------------------ transport
     def _send(self, method: str, ref: Reference, url: str, *, actions: str = "pull",
               extra_scopes: tuple[str, ...] = (), headers: dict[str, str] | None = None,
@@ -207,15 +271,33 @@ class RegistryClient:
         if not challenge:
             with released(resp):
                 raise self._error(resp, ref, f"{method} {url}", note="without WWW-Authenticate")
+        first = error_body(resp)
         discard(resp)
-        if auth is not None:
-            self._auth.forget(ref.registry, scope)
-        auth = self._auth.respond(ref.registry, challenge, scope)
+        try:
+            auth = self._fresh_auth(ref.registry, challenge, scope, auth)
+        except AuthError as e:      # name the repository and the registry's own error code too
+            codes = tuple(dict.fromkeys((*e.codes, *first.codes))) or ("UNAUTHORIZED",)
+            text = e.message.removeprefix(f"{ref.registry}: ")
+            raise AuthError(f"{ref.name}: {text}" + "".join(f" [{c}]" for c in codes if c not in text),
+                            status=e.status, codes=codes) from e
         resp = self._http.request(method, url, label=str(ref), headers=headers, body=body, auth=auth)
         if resp.status_code == 401:
             with released(resp):
                 raise self._error(resp, ref, f"{method} {url}", note=f"credentials rejected for scope {scope!r}")
         return resp
+
+    def _fresh_auth(self, registry: str, challenge: str, scope: str, stale: str | None) -> str:
+        """Auth for `scope` after a 401 to `stale`: one token request per scope at a time, so
+        parallel blob pushes that meet the same challenge share one token."""
+        with self._locks_lock:
+            lock = self._scope_locks.setdefault((registry, scope), threading.Lock())
+        with lock:
+            current = self._auth.header(registry, scope)
+            if current is not None and current != stale:
+                return current            # another thread answered this challenge meanwhile
+            if current is not None:
+                self._auth.forget(registry, scope)
+            return self._auth.respond(registry, challenge, scope)
 
     def _check(self, resp: requests.Response, ref: Reference, what: str, ok: tuple[int, ...]) -> None:
         if resp.status_code not in ok:
@@ -226,9 +308,11 @@ class RegistryClient:
         """The typed error for an error response: status, distribution codes and their messages."""
         code = resp.status_code
         body = error_body(resp)
+        codes = body.codes or _DEFAULT_CODES.get(code, ())    # a HEAD answer has no body to say it
         msg = f"{ref}: {what}: HTTP {code}" + "".join(f": {x}" for x in (note, body.detail) if x)
+        msg += "".join(f" [{c}]" for c in codes if c not in msg)
         cls = AuthError if code in (401, 403) else NotFoundError if code == 404 else RegistryError
-        return cls(msg, status=code, codes=body.codes)
+        return cls(msg, status=code, codes=codes)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -155,3 +155,77 @@ class StaticCredentials:
 
     def get(self, registry: str) -> Credentials | None:
         return self._table.get(registry)
+
+
+# --------------------------------------------------------------------------- login / logout
+def server_key(registry: str) -> str:
+    """The `auths` key (and credential-helper server URL) docker uses for `registry`."""
+    return _HUB_SERVER if registry in _HUB_KEYS else registry
+
+
+class DockerConfigWriter:
+    """`pybuild login` / `pybuild logout` on a docker `config.json`, as `docker login` does: the
+    registry's `credHelpers` entry, else the `credsStore`, receives the secret (`docker-credential-
+    <name> store|erase`) and `auths` keeps an empty entry; without a helper the secret goes into
+    `auths` as base64 `user:password`. Other keys of the file are kept; it is written 0600,
+    atomically."""
+
+    def __init__(self, config_path: Path, *, runner: Runner = subprocess.run, helper_timeout: float = 30.0) -> None:
+        self._path = config_path
+        self._run = runner
+        self._timeout = helper_timeout
+
+    def login(self, registry: str, creds: Credentials) -> None:
+        cfg = DockerConfigCredentials(self._path)._load()
+        key = server_key(registry)
+        helper = _helper_for(cfg, registry)
+        auths = cfg.setdefault("auths", {})
+        if helper:
+            payload = {"ServerURL": key, "Username": creds.username, "Secret": creds.password}
+            self._helper(helper, "store", json.dumps(payload).encode(), registry)
+            auths[key] = {}
+        else:
+            auths[key] = {"auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
+        self._save(cfg)
+
+    def logout(self, registry: str) -> bool:
+        """Forget `registry`'s credentials; False when there were none in the file."""
+        cfg = DockerConfigCredentials(self._path)._load()
+        key = server_key(registry)
+        auths = cfg.get("auths") or {}
+        had = any(_normalize_key(k) == _normalize_key(key) for k in auths)
+        helper = _helper_for(cfg, registry)
+        if helper:
+            self._helper(helper, "erase", key.encode(), registry, missing_ok=True)
+        if had:
+            cfg["auths"] = {k: v for k, v in auths.items() if _normalize_key(k) != _normalize_key(key)}
+            self._save(cfg)
+        return had
+
+    def _helper(self, helper: str, action: str, data: bytes, registry: str, *, missing_ok: bool = False) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", helper):
+            raise AuthError(f"invalid credential helper name {helper!r}")
+        try:
+            proc = self._run([f"docker-credential-{helper}", action], input=data, capture_output=True,
+                             timeout=self._timeout, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise AuthError(f"credential helper docker-credential-{helper} {action} failed: {e}") from e
+        msg = ((proc.stdout or b"") + (proc.stderr or b"")).decode(errors="replace").strip()
+        if proc.returncode != 0 and not (missing_ok and "not found" in msg.lower()):
+            raise AuthError(f"credential helper docker-credential-{helper} {action} for {registry}: "
+                            f"exit {proc.returncode}: {msg[:200]}")
+
+    def _save(self, cfg: dict) -> None:
+        from builder.store.content import atomic_write
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self._path, json.dumps(cfg, indent="\t").encode() + b"\n", mode=0o600)
+
+
+def _helper_for(cfg: Mapping[str, object], registry: str) -> str:
+    helpers = cfg.get("credHelpers") or {}
+    if not isinstance(helpers, Mapping):
+        helpers = {}
+    for key in (registry, server_key(registry), *(_HUB_KEYS if registry in _HUB_KEYS else ())):
+        if helpers.get(key):
+            return str(helpers[key])
+    return str(cfg.get("credsStore") or "")

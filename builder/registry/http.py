@@ -225,14 +225,21 @@ class HttpClient:
 
     def __init__(self, session: requests.Session, *, insecure_hosts: Collection[str] = (),
                  sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random,
-                 retry: RetryPolicy = RetryPolicy(), timeout: float = 60.0) -> None:
+                 retry: RetryPolicy = RetryPolicy(), timeout: float = 60.0,
+                 verify: Callable[[str], "bool | str"] | None = None) -> None:
+        """`verify(host[:port])` gives requests' `verify` for HTTPS to that host (a CA file, False
+        for no verification, True); None: the session's own setting."""
         self._session = session
+        self._verify = verify
         self._insecure = frozenset(insecure_hosts)
         self._sleep = sleep
         self._jitter = jitter
         self.retry = retry
         self._tries = max(1, retry.max_tries)
         self._timeout = timeout
+
+    def close(self) -> None:
+        self._session.close()
 
     def scheme_for(self, host: str) -> str:
         """"http" for loopback and insecure hosts (`host` is `name[:port]`), else "https"."""
@@ -297,9 +304,12 @@ class HttpClient:
     def _send(self, method: str, url: str, headers: dict[str, str], body: Body | None,
               label: str) -> requests.Response:
         data = body() if body is not None else None
+        extra: dict[str, bool | str] = {}
+        if self._verify is not None and url.startswith("https://"):
+            extra["verify"] = self._verify(urlsplit(url).netloc.rpartition("@")[2])
         try:
             return self._session.request(method, url, headers=headers, data=data, stream=True,
-                                         allow_redirects=False, timeout=self._timeout)
+                                         allow_redirects=False, timeout=self._timeout, **extra)  # type: ignore[arg-type]
         except (requests.ConnectionError, requests.Timeout):
             raise
         except (requests.RequestException, ValueError) as e:   # invalid URL, header, proxy, …

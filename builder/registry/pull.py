@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from builder.image.digest import Digest
@@ -46,7 +46,17 @@ class PulledImage:
 
 
 def pull_image(client: RegistryClient, store: ContentStore, ref: Reference, platform: Platform) -> PulledImage:
-    """Resolve `ref` for `platform` and copy manifest, config and layers into `store`."""
+    """Resolve `ref` for `platform` and copy manifest, config and layers into `store`: from each of
+    the registry's mirrors in turn (same repository path), then from the registry itself."""
+    for mirror in client.mirrors(ref.registry):
+        try:
+            return _pull(client, store, replace(ref, registry=mirror), platform)
+        except RegistryError:
+            continue            # a mirror that fails or lacks the image: the next one, then the registry
+    return _pull(client, store, ref, platform)
+
+
+def _pull(client: RegistryClient, store: ContentStore, ref: Reference, platform: Platform) -> PulledImage:
     desc, raw_manifest = client.resolve_bytes(ref, platform)
     manifest = _parse_manifest(raw_manifest, str(ref))
     _store_verified_bytes(store, desc, raw_manifest)
