@@ -81,5 +81,10 @@ def _worker(env: BuildEnv, req: BuildRequest) -> Worker:
     # outputs do not compress either, and a later OCI export compresses them once.
     comp = next((o.compression for o in req.outputs if o.type in ("oci", "docker") or o.pushes),
                 Compression.UNCOMPRESSED)
-    return Worker(env.store, SandboxOptions(root=env.root, snapshotter=req.snapshotter, compression=comp,
-                                            source_date_epoch=req.source_date_epoch))
+    logs = env.tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    return Worker(env.store, SandboxOptions(
+        root=env.root, snapshotter=req.snapshotter, compression=comp, source_date_epoch=req.source_date_epoch,
+        step_memory=req.step_memory, step_pids=req.step_pids, step_log_limit=req.step_log_limit,
+        step_log_dir=logs, max_layer_expansion=req.max_layer_expansion,
+        max_expansion_ratio=req.max_expansion_ratio, relaxed=req.relaxed))

@@ -10,9 +10,11 @@ from typing import Any, Sequence
 
 import click
 
+from builder.cliopts import (ca_bundle, docker_socket, registry_config_path, sandbox_limits, sandbox_options,
+                             with_push, write_result_files)
 from builder.errors import BuildCancelled, PybuildError, UsageError
 
-COMMANDS = {"build", "images", "login", "logout", "--help", "-h", "--version"}
+COMMANDS = {"build", "images", "login", "logout", "doctor", "--help", "-h", "--version"}
 
 
 def default_root(env: dict[str, str]) -> Path:
@@ -209,11 +211,13 @@ def cli() -> None:
               help="grant an entitlement (network.host: RUN --network=host)")
 @click.option("--snapshotter", type=click.Choice(["auto", "overlay", "native"]), default="auto", hidden=True,
               envvar="PYBUILD_SNAPSHOTTER")
+@sandbox_options
 def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], build_args: tuple[str, ...],
               target: str | None, no_cache: bool, pull: bool, progress: str, quiet: bool,
               insecure: tuple[str, ...], build_contexts: tuple[str, ...], outputs: tuple[str, ...],
               secrets: tuple[str, ...], platform: str | None, metadata_file: Path | None, iidfile: Path | None,
-              push: bool, load: bool, annotations: tuple[str, ...], labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str) -> None:
+              push: bool, load: bool, annotations: tuple[str, ...], labels: tuple[str, ...], allow: tuple[str, ...], snapshotter: str,
+              **sandbox: Any) -> None:
     """Build the Dockerfile in CONTEXT."""
     from builder.api import build
     from builder.request import BuildRequest
@@ -245,56 +249,21 @@ def build_cmd(context: Path, dockerfile: Path | None, tags: tuple[str, ...], bui
         source_date_epoch=parse_source_date_epoch(env),
         allow=allow, labels=parse_labels(labels), docker_socket=docker_socket(env),
         annotations=parse_annotations(annotations),
-        registry_config=registry_config_path(env), ca_bundle=ca_bundle(env),
+        registry_config=registry_config_path(env), ca_bundle=ca_bundle(env), **sandbox_limits(sandbox),
     )
     result = build(req)
     write_result_files(result, metadata_file, iidfile)
     click.echo(str(result.digest), err=to_stdout)
 
 
-def with_push(outs: tuple[Any, ...], push: bool) -> tuple[Any, ...]:
-    """`--push` as buildx: image outputs get push=true; with none, a registry output is added."""
-    if not push:
-        return outs
-    from dataclasses import replace
-    from builder.request import OutputSpec
-    if any(o.type in ("image", "registry") for o in outs):
-        return tuple(replace(o, push=True) if o.type == "image" else o for o in outs)
-    return (*outs, OutputSpec(type="registry"))
-
-
-def registry_config_path(env: dict[str, str]) -> Path | None:
-    """`$PYBUILD_CONFIG`, else `$XDG_CONFIG_HOME/pybuild/config.toml` (`~/.config/…`)."""
-    if env.get("PYBUILD_CONFIG"):
-        return Path(env["PYBUILD_CONFIG"])
-    base = env.get("XDG_CONFIG_HOME") or (str(Path(env["HOME"]) / ".config") if env.get("HOME") else "")
-    return Path(base) / "pybuild" / "config.toml" if base else None
-
-
-def ca_bundle(env: dict[str, str]) -> Path | None:
-    """The CA bundle for HTTPS registries: `$SSL_CERT_FILE`, else `$REQUESTS_CA_BUNDLE`."""
-    value = env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE")
-    return Path(value) if value else None
-
-
-def docker_socket(env: dict[str, str]) -> str:
-    """The Docker engine's unix socket: `$DOCKER_HOST` (unix://PATH only) or /var/run/docker.sock."""
-    host = env.get("DOCKER_HOST", "")
-    if not host:
-        return "/var/run/docker.sock"
-    if not host.startswith("unix://"):
-        raise click.BadParameter(f"DOCKER_HOST={host}: only unix:// sockets are supported for --load")
-    return host[len("unix://"):]
-
-
-def write_result_files(result: Any, metadata_file: Path | None, iidfile: Path | None) -> None:
-    """--metadata-file (BuildKit's keys, JSON) and --iidfile (the image digest, no newline)."""
-    import json
-    from builder.store.content import atomic_write
-    if metadata_file is not None:
-        atomic_write(metadata_file, json.dumps(dict(result.metadata), indent=2, sort_keys=True).encode() + b"\n")
-    if iidfile is not None:
-        atomic_write(iidfile, str(result.digest).encode())
+@cli.command("doctor")
+def doctor_cmd() -> None:
+    """Check what rootless builds need here; print the fix for each failure (exit 1 on one)."""
+    from builder.doctor import render, run_checks
+    checks = run_checks()
+    click.echo(render(checks), nl=False)
+    if any(c.status == "fail" for c in checks):
+        sys.exit(1)
 
 
 @cli.command("images")

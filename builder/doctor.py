@@ -146,9 +146,22 @@ def check_worker() -> list[Check]:
                   "namespace here, so snapshots are copied (slower)", fix="Linux 5.11 or later")]
 
 
+def check_step_limits() -> list[Check]:
+    """What the sandbox itself says about --step-memory / --step-pids on this machine."""
+    from builder.sandbox.cgroups import Limits, probe
+    why = probe(Limits(memory=1 << 30, pids=1024))
+    if why is None:
+        return [Check(name="step limits", status="ok", detail="--step-memory and --step-pids can be applied")]
+    return [Check(name="step limits", status="warn", detail=f"--step-memory/--step-pids would fail: {why}",
+                  fix="run pybuild in a delegated cgroup: systemd-run --user --scope -p Delegate=yes pybuild ...")]
+
+
 def run_checks(m: Machine | None = None, *, start_worker: bool = True) -> list[Check]:
+    real = m is None
     m = m or Machine()
     checks = [*check_userns(m), *check_subids(m), *check_cgroups(m), *check_seccomp_library(m)]
+    if real:
+        checks += check_step_limits()
     if start_worker:
         checks += check_worker()
     return checks

@@ -69,6 +69,12 @@ class BuildRequest:
     annotations: tuple[Annotation, ...] = ()             # --annotation
     registry_config: Path | None = None                  # buildkitd.toml-like [registry] file (mirrors, http, CA)
     ca_bundle: Path | None = None                        # CA bundle for HTTPS registries (SSL_CERT_FILE)
+    step_memory: int | None = None                       # bytes a RUN step may use (delegated cgroup v2)
+    step_pids: int | None = None                         # processes a RUN step may have at once
+    step_log_limit: int | None = None                    # bytes of a step's output passed on (full log kept)
+    max_layer_expansion: int | None = 1 << 30            # decompression-bomb cap of layers and ADD archives
+    max_expansion_ratio: int = 100                       # ... and its ratio to the compressed size
+    relaxed: tuple[str, ...] = ()                        # step protections waived (--sandbox-relax)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

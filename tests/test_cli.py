@@ -139,3 +139,30 @@ def test_registry_config_and_ca_bundle_from_env(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as ei:
         main(["build", str(ctx)])
     assert ei.value.code == 2 and not (tmp_path / "root").exists()
+
+
+def test_sandbox_flags_parse_sizes_and_protections():
+    import click
+    import pytest
+    from builder.cliopts import parse_size, sandbox_limits
+    assert parse_size("512m", "--x") == 512 << 20 and parse_size("2g", "--x") == 2 << 30 and parse_size("10", "--x") == 10
+    with pytest.raises(click.BadParameter):
+        parse_size("lots", "--step-memory")
+    lim = sandbox_limits({"step_memory": "64m", "step_pids": 50, "max_layer_expansion": "none",
+                          "max_expansion_ratio": 7, "relaxed": ("seccomp",)})
+    assert lim == {"step_memory": 64 << 20, "step_pids": 50, "step_log_limit": None, "max_layer_expansion": None,
+                   "max_expansion_ratio": 7, "relaxed": ("seccomp",)}
+    with pytest.raises(click.BadParameter, match="use one of capabilities"):
+        sandbox_limits({"relaxed": ("everything",)})
+
+
+def test_step_limits_are_enforced_or_refused_with_the_reason(pybuild, workdir, base_image):
+    from conftest import make_context
+    ctx = make_context(workdir / "lim", {"Dockerfile": f"FROM {base_image}\nRUN echo hi > /x\n"})
+    r = pybuild("build", str(ctx), "--step-memory", "256m", "--step-pids", "64", "-o", str(workdir / "lim-out"))
+    if r.returncode != 0:       # no delegated cgroup v2 here: refused, never silently dropped
+        assert r.returncode == 1 and "delegat" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    else:
+        assert (workdir / "lim-out" / "x").read_text() == "hi\n"
+    r = pybuild("build", str(ctx), "--sandbox-relax", "everything")
+    assert r.returncode == 2 and "--sandbox-relax" in r.stderr

@@ -59,3 +59,11 @@ def test_this_machine_passes_and_the_worker_starts():
     checks = run_checks()
     assert not [c for c in checks if c.status == "fail"], render(checks)
     assert any(c.name == "sandbox worker" and c.status in ("ok", "warn") for c in checks)
+
+
+def test_cli_doctor_prints_every_check_and_exits_0_here(pybuild):
+    r = pybuild("doctor")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    for name in ("user namespaces", "libseccomp", "sandbox worker", "step limits"):
+        assert name in out, out
