@@ -192,3 +192,30 @@ def test_cli_refuses_a_root_writable_by_others(pybuild, workdir):
     os.chmod(root, 0o777)
     r = pybuild("images", root=root)
     assert r.returncode == 1 and "writable by others" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _gz_layer(store, data: bytes, diff_id=None):
+    import gzip
+    import hashlib
+    from builder.image.view import LayerRef
+    blob = gzip.compress(data)
+    d, n = store.put_bytes(blob)
+    did = diff_id or Digest("sha256", hashlib.sha256(data).hexdigest())
+    return LayerRef(descriptor=Descriptor(media_type=MediaType.OCI_LAYER_GZIP, digest=d, size=n), diff_id=did)
+
+
+def test_recompression_checks_the_diff_id_and_caps_a_bomb(tmp_path):
+    from builder.errors import LayerError
+    from builder.export.assemble import recompress
+    from builder.image.oci import Compression
+    from builder.layer.limits import ExpandLimit
+    store = ContentStore(tmp_path)
+    good = _gz_layer(store, b"a" * 1000)
+    assert recompress(store, good, Compression.ZSTD).diff_id == good.diff_id
+    lying = _gz_layer(store, b"b" * 1000, diff_id=Digest.of_bytes(b"something else"))
+    with pytest.raises(DigestMismatchError):
+        recompress(store, lying, Compression.ZSTD)
+    bomb = _gz_layer(store, bytes(8 << 20))
+    with pytest.raises(LayerError):
+        recompress(store, bomb, Compression.ZSTD, ExpandLimit(max_bytes=1 << 20, max_ratio=10))
+    assert not list((tmp_path / "converted").glob(f"{bomb.descriptor.digest.hex}*")), "nothing remembered"

@@ -3,12 +3,14 @@ recompress a stored layer for an output that wants another compression (verified
 from __future__ import annotations
 
 import json
+from typing import BinaryIO, cast
 from dataclasses import dataclass, replace
 
 from builder.image.oci import Compression, Descriptor, ImageConfig, Manifest, MediaType, canonical_json
 from builder.image.view import Chain, LayerRef
 from builder.layer.compression import Compressor, open_uncompressed
-from builder.store.content import ContentStore, atomic_write
+from builder.layer.limits import CappedReader, ExpandLimit
+from builder.store.content import ContentStore, VerifyingReader, atomic_write
 
 CHUNK = 1 << 20
 
@@ -50,8 +52,11 @@ def assemble_image(store: ContentStore, chain: Chain, config: ImageConfig, *, do
     return BuiltImage(manifest_descriptor=mdesc, manifest=man, config_descriptor=cdesc, config=cfg)
 
 
-def recompress(store: ContentStore, layer: LayerRef, compression: Compression) -> LayerRef:
-    """The same layer (same diff_id) with another compression, stored once and remembered."""
+def recompress(store: ContentStore, layer: LayerRef, compression: Compression,
+               limit: ExpandLimit = ExpandLimit()) -> LayerRef:
+    """The same layer (same diff_id) with another compression, stored once and remembered. The
+    stored blob is verified to its end, the uncompressed stream against the diff_id, and capped
+    against decompression bombs (`limit`)."""
     if MediaType.compression(layer.descriptor.media_type) == compression:
         return layer
     memo = store.root / "converted" / f"{layer.descriptor.digest.hex}-{compression}.json"
@@ -62,15 +67,17 @@ def recompress(store: ContentStore, layer: LayerRef, compression: Compression) -
     except (FileNotFoundError, ValueError, KeyError):
         pass
     src_desc = layer.descriptor
+    what = f"layer {src_desc.digest}"
     with store.open_verified(src_desc.digest, src_desc.size) as raw, store.writer() as w:   # never a replaced blob
-        src = open_uncompressed(raw)
+        capped = CappedReader(open_uncompressed(raw), limit.budget(src_desc.size), what=what)
+        tar = VerifyingReader(cast(BinaryIO, capped),
+                              layer.diff_id, what=f"{what} (uncompressed)")     # the diff_id holds too
         c = Compressor(w, compression)
-        while True:
-            b = src.read(CHUNK)
-            if not b:
-                break
+        while b := tar.read(CHUNK):
             c.write(b)
         c.close()
+        while raw.read(CHUNK):          # to the end of the blob, so its digest is checked in full
+            pass
         d, size = w.commit()
     desc = Descriptor(media_type=MediaType.oci_layer(compression), digest=d, size=size)
     atomic_write(memo, canonical_json(desc.to_json()))
