@@ -74,12 +74,13 @@ def _pgrep(marker: str) -> list[int]:
 
 
 def _du(root: Path) -> int:
-    """Bytes allocated under `root` (every file, as st_blocks says)."""
+    """Bytes written under `root` (the sizes of its files: blocks the file system allocates later,
+    at writeback, would look like growth when nothing writes any more)."""
     total = 0
     for dirpath, dirs, files in os.walk(root):
         for n in dirs + files:
             try:
-                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+                total += os.lstat(os.path.join(dirpath, n)).st_size
             except OSError:
                 pass
     return total
