@@ -216,6 +216,16 @@ def _logical_line(lines: list[str], i: int, escape: str) -> tuple[str | None, in
     return "".join(parts), i
 
 
+MAX_LINE_BYTES = 65535     # BuildKit's scanner: "dockerfile line greater than max allowed size of 65535"
+
+
+def _check_line_lengths(lines: list[str], filename: str) -> None:
+    for n, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogateescape")) > MAX_LINE_BYTES:
+            raise DockerfileError(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}",
+                                  filename=filename, line=n)
+
+
 def parse_dockerfile(text: str, *, filename: str = "Dockerfile") -> ParsedDockerfile:
     """Tokenize a Dockerfile. Raises DockerfileError (with the line) for an unterminated heredoc,
     a bad heredoc delimiter, a bad escape directive, and a file with no instruction."""
@@ -224,6 +234,7 @@ def parse_dockerfile(text: str, *, filename: str = "Dockerfile") -> ParsedDocker
     lines = [l.rstrip("\r") for l in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
+    _check_line_lengths(lines, filename)
     escape = _escape_char(lines, filename)
     out = []
     i = 0

@@ -14,11 +14,12 @@ DockerfileError with the line.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["ExpansionError", "expand_word", "expand_words", "split_raw_words", "unquote", "glob_to_regex"]
+from . import shellpattern
+
+__all__ = ["ExpansionError", "expand_word", "expand_words", "split_raw_words", "unquote"]
 
 
 class ExpansionError(ValueError):
@@ -26,6 +27,7 @@ class ExpansionError(ValueError):
 
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!")
+MAX_NESTING = 100         # ${a:-${b:-…}} levels (a stated cap instead of unbounded recursion)
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class _Lexer:
         self.esc = escape
         self.skip_quotes = skip_quotes
         self.split = split
+        self.depth = 0
 
     # -- top level
     def run(self) -> list[str]:
@@ -86,6 +89,16 @@ class _Lexer:
         if in_word or not self.split:
             words.append("".join(cur))
         return words
+
+    def _dollar(self) -> str:
+        """A substitution; nested ones (`${a:-${b:-…}}`) at most MAX_NESTING deep."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise ExpansionError(f"substitutions nested more than {MAX_NESTING} deep")
+            return self._dollar_inner()
+        finally:
+            self.depth -= 1
 
     def _one(self, stop: str) -> str:
         """Consume one unit (char, escape, quoted string or substitution) and return its value."""
@@ -165,7 +178,7 @@ class _Lexer:
     def _lookup(self, name: str) -> str | None:
         return self.env.get(name)
 
-    def _dollar(self) -> str:
+    def _dollar_inner(self) -> str:
         if self.s.peek() == "{":
             self.s.next()
             return self._braced()
@@ -232,68 +245,18 @@ def _apply_mod(name: str, val: str | None, mod: str, word: str, *, colon: bool) 
     return val or ""
 
 
-def glob_to_regex(pattern: str) -> str:
-    """A `${V#pattern}`-style pattern as a Python regex (no anchors), as BuildKit's
-    convertShellPatternToRegex reads it: `*` any string, `?` one character, no bracket
-    expressions (`[` and `]` are literal), `\\*` `\\?` `\\\\` escape, and a backslash before `}` or
-    `/` only protects them from the `${...}` syntax. Any other escape is an error."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "\\":
-            nxt = pattern[i + 1] if i + 1 < len(pattern) else ""
-            if nxt in ("}", "/"):
-                i += 1
-                continue
-            if nxt not in ("*", "?", "\\"):
-                raise ExpansionError(f"invalid escape '\\{nxt}' in substitution pattern")
-            out.append(re.escape(nxt))
-            i += 1
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
 def _trim(val: str, pat: str, *, prefix: bool, longest: bool) -> str:
-    rx = re.compile(glob_to_regex(pat), re.S)
-    n = len(val)
-    cuts = range(n, -1, -1) if longest else range(0, n + 1)
-    for k in cuts:
-        part = val[:k] if prefix else val[n - k:]
-        if rx.fullmatch(part):
-            return val[k:] if prefix else val[:n - k]
-    return val
+    try:
+        return shellpattern.trim(val, pat, prefix=prefix, longest=longest)
+    except ValueError as e:
+        raise ExpansionError(str(e)) from None
 
 
 def _replace(val: str, pat: str, repl: str, all_: bool) -> str:
-    if not pat:
-        return val
-    rx = re.compile(glob_to_regex(pat), re.S)
-    out: list[str] = []
-    i = 0
-    while i <= len(val):
-        m = None
-        for j in range(len(val), i, -1):      # longest match at i (shell semantics)
-            if rx.fullmatch(val, i, j):
-                m = j
-                break
-        if m is not None:
-            out.append(repl)
-            i = m
-            if not all_:
-                out.append(val[i:])
-                return "".join(out)
-            continue
-        if i < len(val):
-            out.append(val[i])
-        i += 1
-    return "".join(out)
+    try:
+        return shellpattern.replace(val, pat, repl, all_=all_)
+    except ValueError as e:
+        raise ExpansionError(str(e)) from None
 
 
 def expand_word(word: str, env: Mapping[str, str], *, escape: str = "\\", skip_quotes: bool = False) -> str:

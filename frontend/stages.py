@@ -108,13 +108,8 @@ def build_order(stages: Stages, target: Stage, expand: Callable[[str], str], *, 
     """Stages the target needs, dependencies first. `expand` applies the global ARGs to a FROM
     reference (BuildKit leaves `COPY --from=` and `--mount from=` as written); references that are
     named contexts or no stage are images (not followed)."""
-    order: list[Stage] = []
-    state: dict[int, str] = {}
-
-    def visit(st: Stage) -> None:
-        if state.get(st.index) == "done":
-            return
-        state[st.index] = "visiting"
+    def deps(st: Stage) -> list[tuple[Stage, int]]:
+        out = []
         for ref, line, is_from in _refs(st):
             name = expand(ref) if is_from else ref     # BuildKit never expands --from / from=
             if is_named_context(name):
@@ -124,12 +119,26 @@ def build_order(stages: Stages, target: Stage, expand: Callable[[str], str], *, 
                 raise DockerfileError(f'cannot copy from stage "{name}", it needs to be defined before current '
                                       f'stage "{st.label}"', filename=filename, line=line)
             if dep is not None:
-                if state.get(dep.index) == "visiting":
-                    raise DockerfileError(f"circular dependency detected on stage: {st.label}",
-                                          filename=filename, line=line)
-                visit(dep)
-        state[st.index] = "done"
-        order.append(st)
+                out.append((dep, line))
+        return out
 
-    visit(target)
+    # Depth first without recursion (thousands of chained stages): a frame is a stage and the
+    # dependencies it has left to visit.
+    order: list[Stage] = []
+    state: dict[int, str] = {target.index: "visiting"}
+    frames: list[tuple[Stage, list[tuple[Stage, int]]]] = [(target, deps(target)[::-1])]
+    while frames:
+        st, todo = frames[-1]
+        if not todo:
+            frames.pop()
+            state[st.index] = "done"
+            order.append(st)
+            continue
+        dep, line = todo.pop()
+        if state.get(dep.index) == "done":
+            continue
+        if state.get(dep.index) == "visiting":
+            raise DockerfileError(f"circular dependency detected on stage: {st.label}", filename=filename, line=line)
+        state[dep.index] = "visiting"
+        frames.append((dep, deps(dep)[::-1]))
     return tuple(order)
