@@ -73,6 +73,11 @@ class _Base:
     fresh: bool = True            # a source vertex made for this FROM (named after it)
 
 
+# The config BuildKit gives a stage without an image (FROM scratch, a local named context): the
+# default PATH and the working directory "/", both kept in the image it writes.
+_SCRATCH_CONFIG = ContainerConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/")
+
+
 class _Converter:
     def __init__(self, opts: FrontendOptions, stages: Stages, escape: str) -> None:
         self.opts = opts
@@ -144,7 +149,7 @@ class _Converter:
         nc = self.opts.named_contexts[name]
         if nc.kind == "local":
             v = Vertex(op=LocalSource(name=name), name=f"[context {name}] load from client")
-            return _Base(vertex=v, config=ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)), platform=platform)
+            return _Base(vertex=v, config=_SCRATCH_CONFIG, platform=platform)
         if nc.kind == "oci-layout":
             res = self._resolve(ins, lambda: self.opts.resolver.resolve_oci_layout(nc.value, nc.tag, platform))
             v = Vertex(op=OCILayoutSource(path=nc.value, tag=nc.tag, digest=res.digest, platform=platform),
@@ -187,7 +192,7 @@ class _Converter:
                          base_history=r.base_history, author=r.author, fresh=False)
         if ref.lower() == "scratch":
             return _Base(vertex=Vertex(op=ScratchSource(), name="FROM scratch"),
-                         config=ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)), platform=platform)
+                         config=_SCRATCH_CONFIG, platform=platform)
         if not ref:
             raise DockerfileError("base name (FROM) should not be blank", filename=self.opts.filename, line=f.line)
         v, res = self._image(ref, platform, f)

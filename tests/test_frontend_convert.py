@@ -436,13 +436,26 @@ def test_copy_from_is_taken_as_written() -> None:
     assert ("image", "$S") in res.calls
 
 
-@pytest.mark.parametrize("text,chmod", [("abc", None), ("u+x", None), ("999", None), ("77777", 0o7777),
-                                        ("0640", 0o640)])
-def test_chmod_values_as_buildkit_20_10(text, chmod) -> None:
-    """20.10 ignores a --chmod that is not octal (conformance-extra ok2-copy-chmod-*)."""
+@pytest.mark.parametrize("text,chmod", [("0640", 0o640), ("4755", 0o4755), ("7777", 0o7777), ("0", 0)])
+def test_chmod_octal_keeps_special_bits(text, chmod) -> None:
+    """dockerfile 1.19 keeps setuid/setgid/sticky bits of an octal --chmod (public case copy-chmod)."""
     g = conv(f"FROM busybox\nCOPY --chmod={text} a /a\n")
     (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
     assert fop.actions[0].chmod == chmod
+
+
+@pytest.mark.parametrize("text,words", [("999", "invalid chmod parameter: '999'"), ("77777", "between 0 and 07777"),
+                                        ("08", "octal string"), ("abc", "invalid syntax"), ("u+y", "invalid syntax"),
+                                        ("u+x,", "invalid syntax"), ("=", "not supported"),
+                                        ("u+x,go=rX", "not supported")])
+def test_chmod_refusals_as_dockerfile_1_19(text, words) -> None:
+    """Non-octal digits and modes above 07777 are refused (conformance-extra err2-copy-chmod-not-octal,
+    err2-copy-chmod-too-large, err2-add-chmod-word), as is, for now, a valid symbolic mode: the file
+    operations take a numeric mode only (ok2-copy-chmod-word is a known failure)."""
+    for kw in ("COPY", "ADD"):
+        with pytest.raises(DockerfileError, match=words) as e:
+            conv(f"FROM busybox\n{kw} --chmod={text} a /a\n")
+        assert e.value.line == 2
 
 
 def test_bare_cmd_and_run_and_late_checks() -> None:
@@ -507,3 +520,23 @@ class _OnlyFails(FakeResolver):
         if ref == self.ref:
             raise self.error
         return super().resolve_image(ref, platform)
+
+
+@pytest.mark.parametrize("text,named", [
+    ("FROM scratch\n", {}),
+    ("FROM scratch\nCOPY --from=busybox /etc/passwd /p\n", {}),
+    ("FROM busybox AS b\nFROM scratch\nCOPY --from=b /etc/passwd /p\n", {}),
+    ("FROM scratch AS a\nCOPY f /\nFROM a\nENV B=2\n", {}),
+    ("FROM tools\n", {"tools": NamedContext(kind="local", value="/tmp/tools")}),
+])
+def test_stage_without_image_has_working_dir_root(text, named) -> None:
+    """BuildKit v0.25 writes WorkingDir "/" (and the default PATH) for FROM scratch and a local
+    named context, whatever the stage copies in later (checked against dockerd 28.5.2)."""
+    cfg = conv(text, named_contexts=named).target.config.config
+    assert cfg.working_dir == "/" and cfg.env[0].startswith("PATH=")
+
+
+def test_image_without_working_dir_keeps_it_empty() -> None:
+    """An image base whose config has no WorkingDir keeps it empty (BuildKit v0.25 does not add "/")."""
+    cfg = conv("FROM busybox\nCOPY f /\nRUN true\n").target.config.config
+    assert cfg.working_dir == ""
