@@ -540,3 +540,24 @@ def test_image_without_working_dir_keeps_it_empty() -> None:
     """An image base whose config has no WorkingDir keeps it empty (BuildKit v0.25 does not add "/")."""
     cfg = conv("FROM busybox\nCOPY f /\nRUN true\n").target.config.config
     assert cfg.working_dir == ""
+
+
+def test_volume_shell_form_split_on_blanks_then_expanded_as_one_word() -> None:
+    """BuildKit v0.25 (conformance-extra volume-shell-form-words): the shell form is split on
+    blanks before quotes are read, and each word is then expanded as a single word."""
+    g = conv("FROM busybox\nENV V=\"/x /y\"\nVOLUME \"/b\" '/c' /d\\ e\nVOLUME $V\nVOLUME [\"$V/j\"]\n")
+    assert g.target.config.config.volumes == ("/b", "/c", "/d", "/x /y", "/x /y/j", "e")
+
+
+@pytest.mark.parametrize("text", ['VOLUME /a "/b c"\n', 'EXPOSE "80 81"\n', "VOLUME '/a b'\n"])
+def test_quote_across_blank_is_unterminated(text) -> None:
+    """A quote spanning a blank in VOLUME/EXPOSE is an unterminated quote in BuildKit v0.25
+    (conformance-extra err2-volume-quote-across-blank, err2-expose-quote-across-blank)."""
+    with pytest.raises(DockerfileError) as e:
+        conv("FROM busybox\n" + text)
+    assert e.value.line == 2
+
+
+def test_expose_words_are_split_again_after_expansion() -> None:
+    g = conv('FROM busybox\nENV P="80 81/udp"\nEXPOSE $P "82"\n')
+    assert g.target.config.config.exposed_ports == ("80/tcp", "81/udp", "82/tcp")
