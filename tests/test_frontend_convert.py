@@ -561,3 +561,23 @@ def test_quote_across_blank_is_unterminated(text) -> None:
 def test_expose_words_are_split_again_after_expansion() -> None:
     g = conv('FROM busybox\nENV P="80 81/udp"\nEXPOSE $P "82"\n')
     assert g.target.config.config.exposed_ports == ("80/tcp", "81/udp", "82/tcp")
+
+
+@pytest.mark.parametrize("kind", ["cache", "tmpfs", "bind"])
+def test_mount_without_target_is_at_working_dir(kind) -> None:
+    """BuildKit v0.25 mounts a cache/tmpfs/bind mount without target= at the working directory
+    (conformance-extra mount-no-target-at-workdir)."""
+    g = conv(f"FROM busybox\nWORKDIR /w\nRUN --mount=type={kind} x\n")
+    (m,) = g.target.vertex.op.mounts
+    assert m.type == kind and m.target == "/w"
+    if kind == "cache":
+        assert m.cache_id == "/w"
+
+
+@pytest.mark.parametrize("mount", ["type=cache", "type=tmpfs", "type=bind", "type=bind,target=/",
+                                   "type=cache,target=/x/..", "type=secret,id=s,target=/"])
+def test_mount_at_root_is_refused(mount) -> None:
+    """`invalid mount target "/"` (BuildKit v0.25; conformance-extra err2-mount-no-target)."""
+    with pytest.raises(DockerfileError, match='invalid mount target "/"') as e:
+        conv(f"FROM busybox\nRUN --mount={mount} x\n")
+    assert e.value.line == 2
