@@ -19,7 +19,7 @@ __all__ = ["parse_instruction"]
 # ------------------------------------------------------------------ per instruction
 
 def _from(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> From:
-    words = ctx.words(rest)
+    words = whitespace_words(rest)      # no quoting at this level, as BuildKit's parser
     if len(words) == 3 and words[1].lower() == "as":
         name = words[2].lower()
         if not re.fullmatch(r"[a-z][a-z0-9-_.]*", name):
@@ -59,7 +59,9 @@ def _copy(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Copy:
     is_add = ctx.raw.keyword == "ADD"
     js = maybe_json(ctx, rest)
     docs = list(ctx.raw.heredocs)
-    words = js if js is not None else ctx.words(rest)
+    # the shell form is split on blanks before any quote is read (BuildKit's parseMaybeJSONToList):
+    # `COPY "a b" /d/` is the words `"a` and `b"`, each expanded later as one word (an error here)
+    words = js if js is not None else whitespace_words(rest)
     if docs:
         words = join_heredoc_words(words)
     names = {d.name for d in docs}

@@ -581,3 +581,26 @@ def test_mount_at_root_is_refused(mount) -> None:
     with pytest.raises(DockerfileError, match='invalid mount target "/"') as e:
         conv(f"FROM busybox\nRUN --mount={mount} x\n")
     assert e.value.line == 2
+
+
+def test_copy_sources_split_on_blanks_then_expanded_one_by_one() -> None:
+    """dockerfile 1.19 (conformance-extra copy-source-words): quotes are read inside each
+    blank-separated word; a variable holding a blank stays one source; JSON strings are expanded."""
+    g = conv("FROM busybox\nARG N=\"a b.txt\"\nCOPY \"q'x.txt\" $N '/d/'\nCOPY [\"\\\"f.txt\\\"\", \"/e/\"]\n")
+    fops = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    got = sorted((a.src_paths, a.dest) for op in fops for a in op.actions)
+    assert got == [(("f.txt",), "/e/"), (("q'x.txt", "a b.txt"), "/d/")]
+
+
+@pytest.mark.parametrize("text", ['COPY "a b.txt" /d/\n', "ADD 'a b' /d/\n", 'FROM "busybox x"\n'])
+def test_quote_across_blank_in_copy_or_from_is_unterminated(text) -> None:
+    """conformance-extra err2-copy-quote-across-blank: no quoting at the parser level."""
+    with pytest.raises(DockerfileError):
+        conv("FROM busybox\n" + text)
+
+
+def test_escaped_blank_does_not_join_copy_words() -> None:
+    """`COPY a\\ b.txt /d/` has the sources `a` and `b.txt` (conformance-extra err2-copy-escaped-blank)."""
+    g = conv("FROM busybox\nCOPY a\\ b.txt /d/\n")
+    (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert fop.actions[0].src_paths == ("a", "b.txt")
