@@ -113,7 +113,7 @@ def dispatch_copy(st: StageState, c: I.Copy, sources: SourceResolver) -> None:
     dest = _dest(st, c, st.expand(c, c.dest))
     chown = parse_chown(st, c, c.chown)
     chmod = parse_chmod(st, c, st.expand(c, c.chmod))
-    excludes = tuple(st.expand(c, e) for e in c.exclude)
+    excludes = tuple(c.exclude)      # never expanded: dockerfile 1.19 takes `--exclude=$X` literally
     checksum = st.expand(c, c.checksum)
     if checksum and len(srcs) != 1:
         raise st.error(c, "checksum can't be specified for multiple sources")

@@ -604,3 +604,10 @@ def test_escaped_blank_does_not_join_copy_words() -> None:
     g = conv("FROM busybox\nCOPY a\\ b.txt /d/\n")
     (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
     assert fop.actions[0].src_paths == ("a", "b.txt")
+
+
+def test_copy_exclude_is_not_expanded() -> None:
+    """dockerfile 1.19 passes --exclude patterns as written (conformance-extra copy-exclude-not-expanded)."""
+    g = conv("FROM busybox\nARG X=a.txt\nCOPY --exclude=$X --exclude=*.log dir /e/\n")
+    (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert fop.actions[0].exclude == ("$X", "*.log")
