@@ -71,6 +71,8 @@ class _Base:
     base_history: tuple = ()
     author: str = ""
     fresh: bool = True            # a source vertex made for this FROM (named after it)
+    args: tuple[tuple[str, str | None], ...] = ()       # a parent stage's ARGs, inherited
+    arg_overrides: tuple[tuple[str, str], ...] = ()
 
 
 # The config BuildKit gives a stage without an image (FROM scratch, a local named context): the
@@ -189,7 +191,8 @@ class _Converter:
         if parent is not None:
             r = self.convert_stage(parent)
             return _Base(vertex=r.vertex, config=r.config, platform=r.platform, history=r.history,
-                         base_history=r.base_history, author=r.author, fresh=False)
+                         base_history=r.base_history, author=r.author, fresh=False, args=r.args,
+                         arg_overrides=r.arg_overrides)
         if ref.lower() == "scratch":
             return _Base(vertex=Vertex(op=ScratchSource(), name="FROM scratch"),
                          config=_SCRATCH_CONFIG, platform=platform)
@@ -225,7 +228,7 @@ class _Converter:
                         total=len(stage.commands) + 1, vertex=base.vertex, config=base.config,
                         platform=base.platform, build_args=self.opts.build_args, meta_args=self.meta,
                         escape=self.escape, history=list(base.history), base_history=base.base_history,
-                        author=base.author)
+                        author=base.author, args=dict(base.args), arg_overrides=dict(base.arg_overrides))
         if base.fresh:
             st.vertex = Vertex(op=base.vertex.op, inputs=base.vertex.inputs, name=st.next_name(base.vertex.name),
                                source_location=st.location(stage.from_))

@@ -142,22 +142,37 @@ def test_run_heredoc_with_more_text_goes_to_the_shell() -> None:
 
 
 def test_proxy_build_args_reach_run_only() -> None:
-    """Proxy build args go to ExecOp.proxy_env (never in the cache key), not to env or config."""
-    g = conv("FROM busybox\nRUN x\n", build_args={"HTTPS_PROXY": "http://p:1", "no_proxy": "x", "OTHER": "no"})
+    """Proxy build args go to ExecOp.proxy_env (never in the cache key), not to env or config;
+    each sets both spellings, as BuildKit v0.25's ProxyEnv (conformance-extra run-proxy-build-args)."""
+    g = conv("FROM busybox\nRUN x\n", build_args={"HTTPS_PROXY": "http://p:1", "no_proxy": "x", "OTHER": "no",
+                                                   "ALL_PROXY": "", "ftp_proxy": "f", "FTP_PROXY": "F"})
     (run,) = execs(g)
-    assert run.proxy_env == ("HTTPS_PROXY=http://p:1", "no_proxy=x")
+    assert run.proxy_env == ("HTTPS_PROXY=http://p:1", "https_proxy=http://p:1", "FTP_PROXY=F", "ftp_proxy=F",
+                             "NO_PROXY=x", "no_proxy=x")
     assert run.env == (PATH_ENV,)
     assert g.target.config.config.env == (PATH_ENV,)
 
 
-def test_dockerfile_env_proxy_is_real_env() -> None:
+def test_dockerfile_env_proxy_stays_in_env() -> None:
     """`ENV HTTP_PROXY=...` is the Dockerfile's own environment: it stays in env (and the cache
-    key); a proxy build arg of the same name does not override it or appear twice."""
+    key); proxy_env still names the build arg's value, which BuildKit lets win at run time."""
     g = conv("FROM busybox\nENV HTTP_PROXY=http://own:1\nRUN x\n",
              build_args={"HTTP_PROXY": "http://p:1", "FTP_PROXY": "http://f:2"})
     (run,) = execs(g)
     assert run.env == (PATH_ENV, "HTTP_PROXY=http://own:1")
-    assert run.proxy_env == ("FTP_PROXY=http://f:2",)
+    assert run.proxy_env == ("HTTP_PROXY=http://p:1", "http_proxy=http://p:1", "FTP_PROXY=http://f:2",
+                             "ftp_proxy=http://f:2")
+
+
+def test_stage_from_stage_inherits_its_args() -> None:
+    """BuildKit v0.25 (conformance-extra arg-inherited-from-base-stage): a stage built FROM another
+    stage starts with that stage's ARGs and values; its own ARG of the same name wins."""
+    g = conv("FROM busybox AS one\nARG V=1\nARG W\nARG U=u1\nFROM one AS two\nARG U=u2\nENV F=$V|$W|$U\n"
+             "FROM two\nRUN x\n", build_args={"W": "w-cli"})
+    (run,) = execs(g)
+    assert run.env == (PATH_ENV, "F=1|w-cli|u2", "V=1", "W=w-cli", "U=u2")
+    unrelated = conv("FROM busybox AS one\nARG V=1\nFROM busybox\nRUN x\n")
+    assert execs(unrelated)[0].env == (PATH_ENV,)
 
 
 def test_workdir_relative_mkdir_and_owner() -> None:
