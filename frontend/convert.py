@@ -71,6 +71,13 @@ class _Base:
     base_history: tuple = ()
     author: str = ""
     fresh: bool = True            # a source vertex made for this FROM (named after it)
+    args: tuple[tuple[str, str | None], ...] = ()       # a parent stage's ARGs, inherited
+    arg_overrides: tuple[tuple[str, str], ...] = ()
+
+
+# The config BuildKit gives a stage without an image (FROM scratch, a local named context): the
+# default PATH and the working directory "/", both kept in the image it writes.
+_SCRATCH_CONFIG = ContainerConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/")
 
 
 class _Converter:
@@ -144,7 +151,7 @@ class _Converter:
         nc = self.opts.named_contexts[name]
         if nc.kind == "local":
             v = Vertex(op=LocalSource(name=name), name=f"[context {name}] load from client")
-            return _Base(vertex=v, config=ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)), platform=platform)
+            return _Base(vertex=v, config=_SCRATCH_CONFIG, platform=platform)
         if nc.kind == "oci-layout":
             res = self._resolve(ins, lambda: self.opts.resolver.resolve_oci_layout(nc.value, nc.tag, platform))
             v = Vertex(op=OCILayoutSource(path=nc.value, tag=nc.tag, digest=res.digest, platform=platform),
@@ -184,10 +191,11 @@ class _Converter:
         if parent is not None:
             r = self.convert_stage(parent)
             return _Base(vertex=r.vertex, config=r.config, platform=r.platform, history=r.history,
-                         base_history=r.base_history, author=r.author, fresh=False)
+                         base_history=r.base_history, author=r.author, fresh=False, args=r.args,
+                         arg_overrides=r.arg_overrides)
         if ref.lower() == "scratch":
             return _Base(vertex=Vertex(op=ScratchSource(), name="FROM scratch"),
-                         config=ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)), platform=platform)
+                         config=_SCRATCH_CONFIG, platform=platform)
         if not ref:
             raise DockerfileError("base name (FROM) should not be blank", filename=self.opts.filename, line=f.line)
         v, res = self._image(ref, platform, f)
@@ -220,7 +228,7 @@ class _Converter:
                         total=len(stage.commands) + 1, vertex=base.vertex, config=base.config,
                         platform=base.platform, build_args=self.opts.build_args, meta_args=self.meta,
                         escape=self.escape, history=list(base.history), base_history=base.base_history,
-                        author=base.author)
+                        author=base.author, args=dict(base.args), arg_overrides=dict(base.arg_overrides))
         if base.fresh:
             st.vertex = Vertex(op=base.vertex.op, inputs=base.vertex.inputs, name=st.next_name(base.vertex.name),
                                source_location=st.location(stage.from_))

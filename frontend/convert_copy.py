@@ -4,6 +4,7 @@ URL) or an InlineSource vertex (heredocs)."""
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -48,16 +49,24 @@ def parse_chown(st: StageState, c: I.Instruction, spec: str) -> Chown | None:
     return Chown(user=user, group=group)
 
 
+_SYMBOLIC_CLAUSE = re.compile(r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+")
+
+
 def parse_chmod(st: StageState, c: I.Instruction, spec: str) -> int | None:
+    """The --chmod of COPY/ADD as dockerfile 1.19 reads it: digits are an octal mode up to 07777
+    (setuid/setgid/sticky kept), anything else a symbolic mode (`u+x,go=rX`); an invalid one is
+    an error. Raises DockerfileError for a valid symbolic mode too: the file operations take a
+    numeric mode only (applying `u+x` needs each entry's own mode, a builder change)."""
     if not spec:
         return None
-    # BuildKit 20.10 ignores a --chmod that is not octal and keeps the permission bits of a
-    # larger number (its fileop applies mode & 0777)
-    try:
-        mode = int(spec, 8)
-    except ValueError:
-        return None
-    return mode & 0o7777 if mode >= 0 else None
+    if spec.isascii() and spec.isdigit():
+        mode = int(spec, 8) if set(spec) <= set("01234567") else -1
+        if not 0 <= mode <= 0o7777:
+            raise st.error(c, f"invalid chmod parameter: '{spec}'. it should be octal string and between 0 and 07777")
+        return mode
+    if not all(_SYMBOLIC_CLAUSE.fullmatch(part) for part in spec.split(",")):
+        raise st.error(c, f"invalid chmod parameter: '{spec}': invalid syntax")
+    raise st.error(c, f"symbolic --chmod={spec} is not supported yet: use an octal mode")
 
 
 def _is_url(src: str) -> bool:
@@ -104,7 +113,7 @@ def dispatch_copy(st: StageState, c: I.Copy, sources: SourceResolver) -> None:
     dest = _dest(st, c, st.expand(c, c.dest))
     chown = parse_chown(st, c, c.chown)
     chmod = parse_chmod(st, c, st.expand(c, c.chmod))
-    excludes = tuple(st.expand(c, e) for e in c.exclude)
+    excludes = tuple(c.exclude)      # never expanded: dockerfile 1.19 takes `--exclude=$X` literally
     checksum = st.expand(c, c.checksum)
     if checksum and len(srcs) != 1:
         raise st.error(c, "checksum can't be specified for multiple sources")

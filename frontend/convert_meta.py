@@ -109,10 +109,8 @@ def _expose(st: StageState, c: I.Expose) -> None:
 
 
 def _volume(st: StageState, c: I.Volume) -> None:
-    if c.json:
-        paths = [st.expand(c, p) for p in c.paths]
-    else:
-        paths = [w for p in c.paths for w in st.expand_split(c, p)]
+    # each word, JSON or not, is expanded as one word: `ENV V="/x /y"` + `VOLUME $V` is one volume
+    paths = [st.expand(c, p) for p in c.paths]
     if any(not p.strip() for p in paths):
         raise st.error(c, "VOLUME specified can not be an empty string")
     vols = set(st.config.volumes) | set(paths)

@@ -85,14 +85,16 @@ def parse_mount(st: StageState, c: I.Run, spec: str, inputs: list[Vertex], sourc
         mid = mid or posixpath.basename(target)
         target = target or ("" if env else f"/run/secrets/{mid}")
         kw.setdefault("mode", 0o400)
+        if target and _abs(st, target) == "/":
+            raise st.error(c, 'invalid mount target "/"')
         return Mount(type="secret", target=_abs(st, target) if target else "", secret_id=mid, env=env,
                      readonly=True, **kw)
     if kind == "ssh":
         return Mount(type="ssh", target=_abs(st, target or "/run/buildkit/ssh_agent.0"), secret_id=mid or "default",
                      readonly=True, **{"mode": 0o600, **kw})
-    if not target:
-        raise st.error(c, f"{kind} mount needs a target")
-    target = _abs(st, target)
+    target = _abs(st, target)       # no target: the working directory, as BuildKit
+    if target == "/":
+        raise st.error(c, 'invalid mount target "/"')
     if kind == "tmpfs":
         return Mount(type="tmpfs", target=target, readonly=False, **kw)
     idx = None

@@ -13,7 +13,7 @@ from typing import Mapping
 from builder.errors import DockerfileError
 from builder.solve.graph import HistoryStep, SourceLocation, Vertex
 from builder.image.oci import ContainerConfig, Platform
-from builder.solve.ops import PROXY_ARGS, Op
+from builder.solve.ops import Op
 
 from .instructions import Instruction
 from .shell import ExpansionError, expand_word, expand_words
@@ -21,6 +21,7 @@ from .text import valid_utf8
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")   # BuildKit ProxyEnv
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +33,10 @@ class StageResult:
     history: tuple[HistoryStep, ...]
     base_history: tuple
     author: str = ""
+    # the stage's ARGs (declaration order) and ARG-over-ENV overrides: a stage built FROM this one
+    # starts with them, as BuildKit's dispatch state copies its base's build args
+    args: tuple[tuple[str, str | None], ...] = ()
+    arg_overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(kw_only=True)
@@ -115,11 +120,17 @@ class StageState:
         return tuple(env)
 
     def proxy_env(self) -> tuple[str, ...]:
-        """ExecOp.proxy_env of a RUN: the proxy build args (ops.PROXY_ARGS order) whose name
-        run_env() does not set, so env + proxy_env never names a variable twice (a Dockerfile's
-        own `ENV HTTP_PROXY=...` or declared `ARG HTTP_PROXY` wins and stays in env)."""
-        names = {e.partition("=")[0] for e in self.run_env()}
-        return tuple(f"{k}={self.build_args[k]}" for k in PROXY_ARGS if k in self.build_args and k not in names)
+        """ExecOp.proxy_env of a RUN, as BuildKit's ProxyEnv: each proxy build arg (either case of
+        its name; the upper-case one if both are given) sets both `HTTP_PROXY` and `http_proxy`,
+        and so on for HTTPS, FTP, NO and ALL, in that order; empty values set nothing. BuildKit
+        lets these win over the step's own env of the same name (an `ENV no_proxy=...`)."""
+        out: list[str] = []
+        for upper in _PROXY_NAMES:
+            lower = upper.lower()
+            value = self.build_args.get(upper) or self.build_args.get(lower) or ""
+            if value:
+                out += [f"{upper}={value}", f"{lower}={value}"]
+        return tuple(out)
 
     def run_args_prefix(self) -> str:
         """BuildKit's `|N K=V ...` history prefix for the stage's ARGs."""
@@ -139,4 +150,5 @@ class StageState:
 
 def result_of(st: StageState) -> StageResult:
     return StageResult(vertex=st.vertex, config=st.config, platform=st.platform, history=tuple(st.history),
-                       base_history=st.base_history, author=st.author)
+                       base_history=st.base_history, author=st.author, args=tuple(st.args.items()),
+                       arg_overrides=tuple(st.arg_overrides.items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from .instruction_words import Ctx, bool_flag, command, flag, maybe_json, pairs, parse_duration, split_flags
+from .forms import whitespace_words
 from .instructions import (Arg, Cmd, Copy, Entrypoint, Env, Expose, From, Healthcheck, Instruction, Label,
                            Maintainer, Onbuild, Run, Shell, Stopsignal, User, Volume, Workdir)
 from .parse import Heredoc, RawInstruction, heredocs_in, join_heredoc_words
@@ -18,7 +19,7 @@ __all__ = ["parse_instruction"]
 # ------------------------------------------------------------------ per instruction
 
 def _from(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> From:
-    words = ctx.words(rest)
+    words = whitespace_words(rest)      # no quoting at this level, as BuildKit's parser
     if len(words) == 3 and words[1].lower() == "as":
         name = words[2].lower()
         if not re.fullmatch(r"[a-z][a-z0-9-_.]*", name):
@@ -58,7 +59,9 @@ def _copy(ctx: Ctx, flags: dict[str, list[str]], rest: str) -> Copy:
     is_add = ctx.raw.keyword == "ADD"
     js = maybe_json(ctx, rest)
     docs = list(ctx.raw.heredocs)
-    words = js if js is not None else ctx.words(rest)
+    # the shell form is split on blanks before any quote is read (BuildKit's parseMaybeJSONToList):
+    # `COPY "a b" /d/` is the words `"a` and `b"`, each expanded later as one word (an error here)
+    words = js if js is not None else whitespace_words(rest)
     if docs:
         words = join_heredoc_words(words)
     names = {d.name for d in docs}
@@ -147,7 +150,9 @@ def _shell(ctx: Ctx, rest: str) -> Shell:
 
 def _volume(ctx: Ctx, rest: str) -> Volume:
     js = maybe_json(ctx, rest)
-    paths = tuple(js) if js is not None else tuple(ctx.words(rest))
+    # the shell form is split on blanks before any quote is read, as BuildKit's
+    # parseMaybeJSONToList does: `VOLUME "/a b"` is the two words `"/a` and `b"` (an error later)
+    paths = tuple(js) if js is not None else tuple(whitespace_words(rest))
     if not paths:
         raise ctx.error("VOLUME requires at least one argument")
     return Volume(**ctx.base(), paths=paths, json=js is not None)
@@ -162,7 +167,7 @@ _PARSERS = {
     "SHELL": lambda c, f, r: _shell(c, r),
     "WORKDIR": lambda c, f, r: Workdir(**c.base(), path=_one_arg(c, r)),
     "USER": lambda c, f, r: User(**c.base(), user=_one_arg(c, r)),
-    "EXPOSE": lambda c, f, r: Expose(**c.base(), ports=tuple(c.words(_one_arg(c, r)))),
+    "EXPOSE": lambda c, f, r: Expose(**c.base(), ports=tuple(whitespace_words(_one_arg(c, r)))),
     "VOLUME": lambda c, f, r: _volume(c, r),
     "STOPSIGNAL": lambda c, f, r: Stopsignal(**c.base(), signal=_one_arg(c, r)),
     "ONBUILD": lambda c, f, r: _onbuild(c, r),
