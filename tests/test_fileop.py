@@ -329,25 +329,50 @@ def test_add_archive_refuses_escape(tmp_path: Path) -> None:
     assert not Path("/tmp/pwned").exists()
 
 
-def test_add_archive_cleans_dotdot_names_and_drops_whiteouts(tmp_path: Path) -> None:
-    """BuildKit 20.10 (conformance-extra add-archive-dotdot, add-archive-whiteout-names)."""
+def test_add_archive_cleans_inner_dotdot_drops_whiteouts_and_refuses_escapes(tmp_path: Path) -> None:
+    """BuildKit v0.25 (conformance-extra add-archive-dotdot, add-archive-whiteout-names): `a/../b`
+    is `b`, `.wh.*` entries are skipped, and `../x` is refused ("invalid entry name")."""
     import io
+    from builder.errors import LayerError
     root = make_root(tmp_path)
     ctx = tmp_path / "c"
     ctx.mkdir()
     (root / "x").mkdir()
     (root / "x" / "keep").write_text("lower")
-    with tarfile.open(ctx / "a.tar", "w") as tf:
-        for name in ("../escape.txt", "sub/../normalised.txt", ".wh.keep", "d/.wh..wh..opq", "d/f"):
-            ti = tarfile.TarInfo(name)
-            ti.size = 2
-            tf.addfile(ti, io.BytesIO(b"ok"))
+
+    def archive(name: str, names: tuple[str, ...]) -> None:
+        with tarfile.open(ctx / name, "w") as tf:
+            for n in names:
+                ti = tarfile.TarInfo(n)
+                ti.size = 2
+                tf.addfile(ti, io.BytesIO(b"ok"))
+    archive("a.tar", ("sub/../normalised.txt", ".wh.keep", "d/.wh..wh..opq", "d/f"))
     apply_file_op(root, ops.FileOp(actions=(ops.Copy(src=1, src_paths=("a.tar",), dest="/x", unpack=True),)),
                   {1: SourceDir(path=ctx)})
-    assert sorted(p.name for p in (root / "x").iterdir()) == ["d", "escape.txt", "keep", "normalised.txt"]
+    assert sorted(p.name for p in (root / "x").iterdir()) == ["d", "keep", "normalised.txt"]
     assert (root / "x" / "keep").read_text() == "lower"
     assert [p.name for p in (root / "x" / "d").iterdir()] == ["f"]
-    assert not (tmp_path / "escape.txt").exists()
+    archive("b.tar", ("../escape.txt",))
+    with pytest.raises(LayerError, match="invalid entry name"):
+        apply_file_op(root, ops.FileOp(actions=(ops.Copy(src=1, src_paths=("b.tar",), dest="/x", unpack=True),)),
+                      {1: SourceDir(path=ctx)})
+    assert not (tmp_path / "escape.txt").exists() and not (root / "escape.txt").exists()
+
+
+def test_add_chown_owns_what_an_archive_unpacks(tmp_path: Path) -> None:
+    import io
+    root = make_root(tmp_path)
+    ctx = tmp_path / "c"
+    ctx.mkdir()
+    with tarfile.open(ctx / "a.tar", "w") as tf:
+        ti = tarfile.TarInfo("f")
+        ti.size, ti.uid, ti.gid = 2, 7, 7
+        tf.addfile(ti, io.BytesIO(b"ok"))
+    apply_file_op(root, ops.FileOp(actions=(ops.Copy(src=1, src_paths=("a.tar",), dest="/x/", unpack=True,
+                                                     chown=ops.Chown(user="1000", group="50")),)),
+                  {1: SourceDir(path=ctx)})
+    st = (root / "x" / "f").stat()
+    assert (st.st_uid, st.st_gid) == (1000, 50)
 
 
 def test_parents_never_follow_an_image_symlink_out_of_the_root(tmp_path: Path) -> None:

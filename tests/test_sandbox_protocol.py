@@ -243,8 +243,9 @@ def test_users_reader_and_both_resolutions(tmp_path: Path) -> None:
     assert [p.name for p in pw] == ["root", "app", "nohome"]
     assert resolve_user("app", pw, gr) == resolve_user("1000", pw, gr)
     ids = resolve_user("app", pw, gr)
-    assert (ids.uid, ids.gid, ids.groups, ids.home) == (1000, 1000, (50,), "/home/app")
-    assert resolve_user("app:staff", pw, gr).gid == 50 and resolve_user("app:staff", pw, gr).groups == ()
+    assert (ids.uid, ids.gid, ids.groups, ids.home) == (1000, 1000, (1000, 50), "/home/app")
+    assert resolve_user("app:staff", pw, gr).gid == 50 and resolve_user("app:staff", pw, gr).groups == (50,)
+    assert resolve_user(":50", pw, gr).uid == 0 and resolve_user(":50", pw, gr).groups == (50,)
     assert resolve_user("5:6", pw, gr).home == "/" and resolve_user("nohome", pw, gr).home == "/"
     assert resolve_user("", pw, gr).uid == 0
     with pytest.raises(UnknownUser, match="unable to find user ghost"):

@@ -149,7 +149,7 @@ def test_proxy_build_args_are_not_in_cache_keys_but_a_dockerfile_env_is(env):
     make_solver(env, w).solve(g(proxies=("HTTP_PROXY=http://p1:3128",)))
     make_solver(env, w).solve(g(proxies=("HTTP_PROXY=http://p2:3128", "no_proxy=x")))
     assert len(w.calls) == 1, "another proxy is a hit"
-    assert w.envs[-1] == ("HTTP_PROXY=http://p1:3128", "A=1"), "the step still sees its proxies"
+    assert set(w.envs[-1]) == {"A=1", "HTTP_PROXY=http://p1:3128"}, "the step still sees its proxies"
     make_solver(env, w).solve(g(env_=("A=1", "HTTP_PROXY=http://mine:1")))
     assert len(w.calls) == 2, "ENV HTTP_PROXY in the Dockerfile is part of the step"
     make_solver(env, w).solve(g(env_=("A=1", "HTTP_PROXY=http://other:1")))

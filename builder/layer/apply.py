@@ -42,15 +42,16 @@ _MAX_CACHED = 1 << 16
 
 def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay", "delete", "archive"],
                 max_bytes: int | None = DEFAULT_MAX_BYTES, what: str = "layer",
-                lowers: Sequence[Path] = ()) -> None:
+                lowers: Sequence[Path] = (), owner: tuple[int, int] | None = None) -> None:
     """Apply an (uncompressed) layer tar read from `tar_stream` onto directory `dest`, streaming.
 
     whiteouts="overlay": `dest` is the layer's own directory over `lowers` (top first); `.wh.x` →
     char device 0/0 `x`, `.wh..wh..opq` → xattr user.overlay.opaque=y; parents are resolved in
     the merged tree and copied up when only a lower has them. "delete": `.wh.x` removes x, an
     opaque marker empties the dir of what earlier layers put there. "archive" (ADD of a local
-    archive, BuildKit 20.10's behaviour): `.wh.*` entries are skipped, and names are cleaned as if
-    rooted at dest (`a/../b` is `b`, `../x` is `x`) instead of refused. A non-dir replaces what is
+    archive, as BuildKit v0.25): `.wh.*` entries are skipped, `a/../b` is `b`, and a name that
+    climbs out of dest (`../x`) is refused ("invalid entry name"). `owner` (ADD --chown) replaces
+    every entry's owner. A non-dir replaces what is
     at its path; a dir merges. Owners (lchown), modes (after chown), mtimes and xattrs are applied.
 
     More than `max_bytes` of tar stream, or of file contents, raise LayerError naming `what`
@@ -58,6 +59,7 @@ def apply_layer(tar_stream: BinaryIO, dest: Path, *, whiteouts: Literal["overlay
     naming `what` and the entry; unmapped owners raise IdMappingError. On an error, what was
     written so far stays in `dest`: the caller owns it and removes it."""
     ap = _Applier(Path(dest), whiteouts, max_bytes, what, lowers)
+    ap.owner = owner
     try:
         with tarfile.open(fileobj=CappedReader(tar_stream, max_bytes, what=what),  # type: ignore[call-overload]
                           mode="r|", encoding="utf-8", errors="surrogateescape", bufsize=CHUNK,
@@ -123,9 +125,13 @@ class _Applier:
         # Only removing a directory or hiding (whiteout, opaque, copy-up) can change what a
         # name resolves to, and every such change clears it.
         self.dirs: dict[tuple[bytes, ...], tuple[bytes, tuple[bytes, ...]]] = {}
+        self.owner: tuple[int, int] | None = None
 
     def _parts(self, name: str) -> list[bytes]:
         if self.whiteouts == "archive":
+            clean = posixpath.normpath(name.lstrip("/") or ".")
+            if clean == ".." or clean.startswith("../"):
+                raise LayerError(f"{self.what}: invalid entry name {name!r}")
             return _split(posixpath.normpath("/" + name).lstrip("/"))
         parts = _split(name)
         if b".." in parts:
@@ -325,7 +331,8 @@ class _Applier:
     def _meta(self, path: bytes, m: tarfile.TarInfo) -> None:
         if not (0 <= m.uid <= _MAX_ID and 0 <= m.gid <= _MAX_ID):
             raise LayerError(f"{self.what}: entry {m.name!r} has an invalid owner {m.uid}:{m.gid}")
-        lchown_mapped(path, m.uid, m.gid, what=repr(m.name))
+        uid, gid = self.owner if self.owner is not None else (m.uid, m.gid)
+        lchown_mapped(path, uid, gid, what=repr(m.name))
         for k, v in sorted(m.pax_headers.items()):
             if k.startswith("SCHILY.xattr.") and not k[13:].startswith(SKIP_XATTR_PREFIXES):
                 try:

@@ -201,7 +201,7 @@ def copy_action(root: Path, a: ops.Copy, src: SourceDir, *, limit: ExpandLimit =
         matches.extend(found)
     owner = resolve_chown(root, a.chown)
     cp = _Copier(root=root, owner=owner, reset_owner=src.reset_owner,
-                 chmod=None if a.chmod is None else a.chmod & 0o777,
+                 chmod=None if a.chmod is None else a.chmod & 0o7777,
                  exclude=PathMatcher(a.exclude), ignore=ignore)
     for m in matches:
         cp.inodes.clear()
@@ -215,32 +215,33 @@ def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceD
     except FileNotFoundError:
         raise SourceError(f"{m.rel}: not found") from None
     dirs_owner = cp.owner or (0, 0)
+    dirs_mode = cp.chmod if cp.chmod is not None else 0o755    # directories the copy creates (BuildKit v0.25)
     dest_slash = a.dest.endswith("/")
     dst = resolve_in_root(root, a.dest)
     if not a.create_dest_path and not (dst if dest_slash else dst.parent).is_dir():
         raise SourceError(f"{a.dest}: destination directory does not exist")
     noop: Callable[[], None] = lambda: None  # noqa: E731
     if a.parents:
-        mkdir_all(root, dst, 0o755, dirs_owner)
+        mkdir_all(root, dst, dirs_mode, dirs_owner)
         target = _parents_dirs(root, cp, src, m, dst)
     elif stat.S_ISDIR(st.st_mode):
         # A directory's contents are copied; a destination it creates is a new 0755 directory
         # owned by --chown or root, never a copy of the source directory's own metadata.
         new_dest = dest_slash or not os.path.lexists(dst)
-        mkdir_all(root, dst if new_dest else dst.parent, 0o755, dirs_owner)
+        mkdir_all(root, dst if new_dest else dst.parent, dirs_mode, dirs_owner)
         cp.copy_dir(m.host, st, dst, "", m.rel, noop, top=True)
         return
     elif a.unpack and stat.S_ISREG(st.st_mode) and _is_archive(m.host):
-        mkdir_all(root, dst, 0o755, dirs_owner)
+        mkdir_all(root, dst, dirs_mode, dirs_owner)
         with open(m.host, "rb") as f, open_uncompressed(f) as u:
             apply_layer(u, dst, whiteouts="archive", max_bytes=limit.budget(os.fstat(f.fileno()).st_size),
-                        what=f"archive {m.rel}")
+                        what=f"archive {m.rel}", owner=cp.owner)
         return
     elif dest_slash or dst.is_dir():
-        mkdir_all(root, dst, 0o755, dirs_owner)
+        mkdir_all(root, dst, dirs_mode, dirs_owner)
         target = dst / posixpath.basename(m.rel)
     else:
-        mkdir_all(root, dst.parent, 0o755, dirs_owner)
+        mkdir_all(root, dst.parent, dirs_mode, dirs_owner)
         target = dst
     if stat.S_ISDIR(st.st_mode):
         cp.copy_dir(m.host, st, target, "", m.rel, noop, top=True)

@@ -245,9 +245,10 @@ def exec_command(spec: StepSpec, seccomp: SeccompFilter | None) -> None:
     except UnknownUser as e:
         raise SetupError("user", str(e)) from None
     bad = sorted({i for i in (ids.uid, ids.gid, *ids.groups) if not 0 <= i < spec.idmap_size})
-    if bad or (ids.groups and not spec.setgroups):
+    extra = [g for g in ids.groups if g != ids.gid]       # the primary gid needs no setgroups
+    if bad or (extra and not spec.setgroups):
         raise SetupError("idmap", f"user {spec.user or 'root'!r} needs id(s) "
-                         f"{', '.join(map(str, bad or ids.groups))}")
+                         f"{', '.join(map(str, bad or extra))}")
     cwd = spec.cwd or "/"
     os.umask(0o022)
     os.makedirs(cwd, 0o755, exist_ok=True)

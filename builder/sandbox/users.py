@@ -69,17 +69,19 @@ def read_group(path: str) -> list[GroupEntry]:
 
 
 def resolve_user(spec: str, passwd: list[PasswdEntry], groups: list[GroupEntry]) -> UserIds:
-    """A USER spec (`name`, `uid`, `name:group`, `uid:gid`; empty is root) with runc's rules:
-    uid:gid both numeric → no group lookup; supplementary groups only when no group is given; the
-    primary gid is not repeated; home "/" for a user not in passwd. Raises UnknownUser."""
+    """A USER spec (`name`, `uid`, `name:group`, `uid:gid`, `:group`; an empty name is root) as
+    BuildKit v0.25 runs it: uid:gid both numeric → no lookup; the primary gid is always a
+    supplementary group too, and the user's /etc/group memberships are added only when no group
+    is given; home "/" for a user not in passwd. Raises UnknownUser."""
     user, _, group = (spec or "0").partition(":")
+    user = user or "0"
     users = [p for p in passwd if p.gid is not None]
     match = next((p for p in users if p.name == user), None)
     if match is None and user.isdigit():
         match = next((p for p in users if p.uid == int(user)), None)
     home = match.home if match is not None and match.home else "/"
     if user.isdigit() and group.isdigit():
-        return UserIds(uid=int(user), gid=int(group), groups=(), home=home)
+        return UserIds(uid=int(user), gid=int(group), groups=(int(group),), home=home)
     if match is None:
         if not user.isdigit():
             raise UnknownUser(f"unable to find user {user}: no matching entries in passwd file")
@@ -89,14 +91,14 @@ def resolve_user(spec: str, passwd: list[PasswdEntry], groups: list[GroupEntry])
     if group:
         g = next((g for g in groups if g.name == group), None)
         if g is not None:
-            return UserIds(uid=uid, gid=g.gid, groups=(), home=home)
+            return UserIds(uid=uid, gid=g.gid, groups=(g.gid,), home=home)
         if group.isdigit():
-            return UserIds(uid=uid, gid=int(group), groups=(), home=home)
+            return UserIds(uid=uid, gid=int(group), groups=(int(group),), home=home)
         raise UnknownUser(f"unable to find group {group}: no matching entries in group file")
-    sgids: list[int] = []
+    sgids: list[int] = [gid]
     if name is not None:
         for g in groups:
-            if name in g.members and g.gid != gid and g.gid not in sgids:
+            if name in g.members and g.gid not in sgids:
                 sgids.append(g.gid)
     return UserIds(uid=uid, gid=gid, groups=tuple(sgids), home=home)
 

@@ -21,13 +21,13 @@ def exec_op(v: Vertex) -> ExecOp:
 
 
 def with_proxies(op: ExecOp) -> ExecOp:
-    """The op as the sandbox runs it: proxy build args join the environment (a variable the
-    Dockerfile sets itself wins)."""
+    """The op as the sandbox runs it: the proxy build args join the environment and win over a
+    variable of the same name the Dockerfile sets (BuildKit's ProxyEnv)."""
     if not op.proxy_env:
         return op
-    names = {e.partition("=")[0] for e in op.env}
-    extra = tuple(p for p in op.proxy_env if p.partition("=")[0] not in names)
-    return dataclasses.replace(op, env=extra + op.env, proxy_env=())
+    names = {p.partition("=")[0] for p in op.proxy_env}
+    kept = tuple(e for e in op.env if e.partition("=")[0] not in names)
+    return dataclasses.replace(op, env=kept + op.proxy_env, proxy_env=())
 
 
 class ExecRunner:
