@@ -215,7 +215,7 @@ def _copy_one(root: Path, cp: _Copier, a: ops.Copy, m: SourceMatch, src: SourceD
     except FileNotFoundError:
         raise SourceError(f"{m.rel}: not found") from None
     dirs_owner = cp.owner or (0, 0)
-    dirs_mode = cp.chmod if cp.chmod is not None else 0o755    # directories the copy creates (BuildKit v0.25)
+    dirs_mode = cp.chmod & 0o777 if cp.chmod is not None else 0o755    # directories it creates (BuildKit v0.25)
     dest_slash = a.dest.endswith("/")
     dst = resolve_in_root(root, a.dest)
     if not a.create_dest_path and not (dst if dest_slash else dst.parent).is_dir():
