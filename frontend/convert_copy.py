@@ -52,11 +52,10 @@ def parse_chown(st: StageState, c: I.Instruction, spec: str) -> Chown | None:
 _SYMBOLIC_CLAUSE = re.compile(r"[ugoa]*(?:[-+=](?:[rwxXst]*|[ugo]))+")
 
 
-def parse_chmod(st: StageState, c: I.Instruction, spec: str) -> int | None:
+def parse_chmod(st: StageState, c: I.Instruction, spec: str) -> int | str | None:
     """The --chmod of COPY/ADD as dockerfile 1.19 reads it: digits are an octal mode up to 07777
-    (setuid/setgid/sticky kept), anything else a symbolic mode (`u+x,go=rX`); an invalid one is
-    an error. Raises DockerfileError for a valid symbolic mode too: the file operations take a
-    numeric mode only (applying `u+x` needs each entry's own mode, a builder change)."""
+    (setuid/setgid/sticky kept), anything else a symbolic mode (`u+x,go=rX`, returned as the
+    string, applied per entry by the file op); an invalid one is an error."""
     if not spec:
         return None
     if spec.isascii() and spec.isdigit():
@@ -66,7 +65,7 @@ def parse_chmod(st: StageState, c: I.Instruction, spec: str) -> int | None:
         return mode
     if not all(_SYMBOLIC_CLAUSE.fullmatch(part) for part in spec.split(",")):
         raise st.error(c, f"invalid chmod parameter: '{spec}': invalid syntax")
-    raise st.error(c, f"symbolic --chmod={spec} is not supported yet: use an octal mode")
+    return spec
 
 
 def _is_url(src: str) -> bool:
@@ -121,7 +120,9 @@ def dispatch_copy(st: StageState, c: I.Copy, sources: SourceResolver) -> None:
         raise st.error(c, "checksum can't be specified for non-HTTP(S) sources")
     if checksum and not checksum.startswith("sha256:"):
         raise st.error(c, f"unsupported checksum {checksum!r} (want sha256:<hex>)")
-    common: dict[str, Any] = dict(chown=chown, chmod=chmod, exclude=excludes, parents=c.parents, link=c.link)
+    common: dict[str, Any] = dict(chown=chown, chmod=chmod if not isinstance(chmod, str) else None,
+                                  chmod_symbolic=chmod if isinstance(chmod, str) else "",
+                                  exclude=excludes, parents=c.parents, link=c.link)
     inputs = _Inputs(st.vertex)
     actions: list[Copy] = []
     local: list[str] = []

@@ -461,16 +461,23 @@ def test_chmod_octal_keeps_special_bits(text, chmod) -> None:
 
 @pytest.mark.parametrize("text,words", [("999", "invalid chmod parameter: '999'"), ("77777", "between 0 and 07777"),
                                         ("08", "octal string"), ("abc", "invalid syntax"), ("u+y", "invalid syntax"),
-                                        ("u+x,", "invalid syntax"), ("=", "not supported"),
-                                        ("u+x,go=rX", "not supported")])
+                                        ("u+x,", "invalid syntax")])
 def test_chmod_refusals_as_dockerfile_1_19(text, words) -> None:
     """Non-octal digits and modes above 07777 are refused (conformance-extra err2-copy-chmod-not-octal,
-    err2-copy-chmod-too-large, err2-add-chmod-word), as is, for now, a valid symbolic mode: the file
-    operations take a numeric mode only (ok2-copy-chmod-word is a known failure)."""
+    err2-copy-chmod-too-large, err2-add-chmod-word)."""
     for kw in ("COPY", "ADD"):
         with pytest.raises(DockerfileError, match=words) as e:
             conv(f"FROM busybox\n{kw} --chmod={text} a /a\n")
         assert e.value.line == 2
+
+
+@pytest.mark.parametrize("text", ["u+x", "u+x,go=rX", "=", "g=u", "u=rwxs,g=x,o=t"])
+def test_symbolic_chmod_reaches_the_file_op(text) -> None:
+    """dockerfile 1.19 takes symbolic modes; the file op applies them to each entry's own mode
+    (conformance-extra ok2-copy-chmod-word, copy-chmod-symbolic-forms)."""
+    g = conv(f"FROM busybox\nCOPY --chmod={text} a /a\n")
+    (fop,) = [v.op for v in chain(g.target.vertex) if isinstance(v.op, FileOp)]
+    assert fop.actions[0].chmod is None and fop.actions[0].chmod_symbolic == text
 
 
 def test_bare_cmd_and_run_and_late_checks() -> None:

@@ -19,6 +19,7 @@ from builder.layer.compression import detect_compression, open_uncompressed
 from builder.layer.limits import ExpandLimit
 from builder.layer.pathmatch import PathMatcher
 from builder.layer.tar import _SKIP_XATTR_PREFIXES, CHUNK, remove_path, resolve_in_root
+from builder.sandbox import symbolic
 from builder.sandbox.dest import lchown, mkdir_all, resolve_chown
 from builder.layer.sources import SourceDir, SourceMatch, has_wildcards, join, relto, resolve_sources
 from builder.solve import ops
@@ -33,6 +34,7 @@ class _Copier:
     exclude: PathMatcher
     ignore: PathMatcher
     inodes: dict[tuple[int, int], Path] = field(default_factory=dict)
+    chmod_symbolic: str = ""
 
     def ids(self, st: os.stat_result) -> tuple[int, int]:
         if self.owner is not None:
@@ -43,8 +45,17 @@ class _Copier:
         lchown(dst, *self.ids(st))
         _copy_xattrs(src, dst)
         if not stat.S_ISLNK(st.st_mode):
-            os.chmod(dst, self.chmod if self.chmod is not None else stat.S_IMODE(st.st_mode))
+            os.chmod(dst, self.mode_of(st))
         os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def mode_of(self, st: os.stat_result) -> int:
+        """The copy's mode: --chmod's (octal, or symbolic over the source's), else the source's."""
+        if self.chmod is not None:
+            return self.chmod
+        own = stat.S_IMODE(st.st_mode)
+        if self.chmod_symbolic:
+            return symbolic.apply(self.chmod_symbolic, own, is_dir=stat.S_ISDIR(st.st_mode))
+        return own
 
     def copy_nondir(self, src: Path, st: os.stat_result, dst: Path) -> None:
         m = st.st_mode
@@ -201,7 +212,7 @@ def copy_action(root: Path, a: ops.Copy, src: SourceDir, *, limit: ExpandLimit =
         matches.extend(found)
     owner = resolve_chown(root, a.chown)
     cp = _Copier(root=root, owner=owner, reset_owner=src.reset_owner,
-                 chmod=None if a.chmod is None else a.chmod & 0o7777,
+                 chmod=None if a.chmod is None else a.chmod & 0o7777, chmod_symbolic=a.chmod_symbolic,
                  exclude=PathMatcher(a.exclude), ignore=ignore)
     for m in matches:
         cp.inodes.clear()

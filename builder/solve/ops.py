@@ -163,6 +163,7 @@ class Copy(_Op):
     dest: str
     chown: Chown | None = None
     chmod: int | None = None
+    chmod_symbolic: str = ""        # --chmod=u+x,go=rX: applied to each entry's own mode
     unpack: bool = False            # ADD: extract local tar archives
     exclude: tuple[str, ...] = ()
     parents: bool = False
