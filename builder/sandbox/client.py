@@ -116,7 +116,8 @@ class Worker:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
             if self._proc.stdout.readline() != b"U\n":
-                raise SandboxError(f"sandbox worker could not create a user namespace: {self._log_tail()}")
+                raise SandboxError(f"sandbox worker could not create a user namespace: {self._log_tail()} "
+                                   f"(run `pybuild doctor`: it names the setting that refuses it and the fix)")
             userns.apply(self._proc.pid, idmap, su, sg)
             self._proc.stdin.write(b"M\n")
             cfg = Config(
@@ -138,7 +139,7 @@ class Worker:
         if not isinstance(first, Ready):
             tail = self._log_tail()
             self.close()
-            raise SandboxError(f"sandbox worker failed to start: {tail}")
+            raise SandboxError(f"sandbox worker failed to start: {tail} (run `pybuild doctor` for what is missing)")
         self.snapshotter_name = first.snapshotter
         self._reader = threading.Thread(target=self._read_loop, name="pybuild-sandbox-reader", daemon=True)
         self._reader.start()
