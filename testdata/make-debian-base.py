@@ -152,6 +152,8 @@ def cached_layout(cache: str, mirror: str, tag: str) -> str:
         key = hashlib.sha256(f.read() + b"\0" + mirror.encode() + b"\0" + tag.encode()).hexdigest()[:16]
     top = os.path.join(cache, f"pybuild-debian-base-{key}")
     layout = os.path.join(top, "layout")
+    if os.path.isfile(os.path.join(layout, "index.json")):       # made (renamed in whole) before
+        return layout
     os.makedirs(top, mode=0o755, exist_ok=True)
     with open(os.path.join(top, "lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
