@@ -131,10 +131,10 @@ def test_noop_run_gives_no_layer_and_chains(worker, env):
 @ROOT_ONLY
 def test_users_and_groups(worker, env):
     _, _, base = env
-    assert run(worker, base, sh("id", user="app"))[1] == "uid=1000(app) gid=1000(app) groups=50(staff)\n"
-    assert run(worker, base, sh("id", user="1000:50"))[1] == "uid=1000(app) gid=50(staff)\n"
-    assert run(worker, base, sh("id", user="1000"))[1] == "uid=1000(app) gid=1000(app) groups=50(staff)\n"
-    assert run(worker, base, sh("id"))[1] == "uid=0(root) gid=0(root)\n"
+    assert run(worker, base, sh("id", user="app"))[1] == "uid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n"
+    assert run(worker, base, sh("id", user="1000:50"))[1] == "uid=1000(app) gid=50(staff) groups=50(staff)\n"
+    assert run(worker, base, sh("id", user="1000"))[1] == "uid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n"
+    assert run(worker, base, sh("id"))[1] == "uid=0(root) gid=0(root) groups=0(root)\n"
     with pytest.raises(SandboxError, match="nosuchuser"):
         run(worker, base, sh("id", user="nosuchuser"))
 
@@ -471,7 +471,7 @@ def test_unprivileged_user(unpriv):
     assert res["entries"] == ["etc", "etc/.wh.motd", "tmp", "tmp/x"]
     assert (tmp / "out/tmp/x").stat().st_uid == pw.pw_uid      # exported files belong to the user
     if ranged:
-        assert res["id_app"] == "uid=1000(app) gid=1000(app) groups=50(staff)\n"
+        assert res["id_app"] == "uid=1000(app) gid=1000(app) groups=50(staff),1000(app)\n"
         assert res["file_chown"] == ["owned"]
     else:
         assert "usermod --add-subuids 100000-165535 --add-subgids 100000-165535" in res["id_app_error"]
