@@ -29,6 +29,7 @@ import signal
 import stat
 import struct
 import sys
+import time
 
 from builder.layer import inroot
 from builder.sandbox.linux import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS,
@@ -188,6 +189,19 @@ def _lo_up() -> None:
         s.close()
 
 
+def _wait_tap(timeout: float = 10.0) -> None:
+    """Wait until the worker's user-mode stack configured tap0 (its default route is there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/route", "rb") as f:
+            if any(ln.split()[:2] == [b"tap0", b"00000000"] for ln in f.read().splitlines()):
+                return
+        if time.monotonic() > deadline:
+            raise SetupError("setup", "network: the user-mode network stack (slirp4netns) did not "
+                             "configure tap0; see `pybuild doctor`")
+        time.sleep(0.001)
+
+
 def _user_mount(m: StepMount, stubs: Stubs) -> None:
     target = stubs.target(m.target, file=m.file)
     if m.kind == "bind":
@@ -215,7 +229,7 @@ def setup_root(spec: StepSpec) -> Stubs:
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount_dev(stubs.target("/dev", file=False))
     sys_dir = stubs.target("/sys", file=False)
-    _mount_sys(sys_dir, spec.network == "none")
+    _mount_sys(sys_dir, spec.network in ("none", "private"))
     _protect("masked-paths", spec, lambda: _mask_proc_sys(proc, sys_dir))
     for name, src in (("hosts", spec.etc_hosts), ("resolv.conf", spec.etc_resolv_conf)):
         if src:
@@ -288,6 +302,8 @@ def pid1(spec: StepSpec) -> int:
             _lo_up()
         sethostname(spec.hostname)
         enter_root(spec.mountpoint)
+        if spec.network == "private":
+            _wait_tap()
         exec_command(spec, seccomp)
     except SetupError as e:
         os.write(status_fd, SetupFailure(kind=e.kind, message=str(e)).to_line())
@@ -304,7 +320,7 @@ def main() -> None:
         sys.stderr.write(f"pybuild init: {e}\n")
         os._exit(SETUP_FAILED)
     flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-    if spec.network == "none":
+    if spec.network in ("none", "private"):
         flags |= CLONE_NEWNET
     set_pdeathsig()
     try:
