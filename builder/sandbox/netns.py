@@ -41,6 +41,22 @@ def find_helper() -> str | None:
     return shutil.which(HELPER)
 
 
+def stack_problem() -> str | None:
+    """For `pybuild doctor`: why a default-network RUN step would fail here, with the fix; None
+    when slirp4netns is installed and /dev/net/tun is usable by this user."""
+    if find_helper() is None:
+        return "slirp4netns not found: apt-get install slirp4netns (or --sandbox-relax network)"
+    if not os.path.exists("/dev/net/tun"):
+        return ("/dev/net/tun is missing: modprobe tun (in a container: pass the device, "
+                "e.g. docker run --device /dev/net/tun)")
+    if os.stat("/dev/net/tun").st_mode & 0o006 != 0o006:
+        # slirp4netns runs as root of the build's user namespace, which is never host root (as
+        # root a subordinate range): only the "other" bits let it open the device
+        return ("/dev/net/tun is not read-writable by all: chmod 0666 /dev/net/tun "
+                "(udev's default mode for it)")
+    return None
+
+
 def resolv_conf(host: bytes) -> bytes:
     """The step's /etc/resolv.conf: the stack's DNS, keeping the host's search/options lines."""
     keep = [ln for ln in host.splitlines() if ln.split()[:1] in ([b"search"], [b"domain"], [b"options"])]
@@ -112,7 +128,7 @@ def start_stack(pid: int, exe: str, timeout: float = READY_TIMEOUT) -> NetStack:
         stack.close()
         err.seek(0)
         text = err.read(65536).decode(errors="replace").strip()
-        last = text.splitlines()[-1] if text else f"no answer in {timeout:.0f} s"
-        raise SandboxError(f"cannot set up the RUN step's network: {HELPER} failed ({last}); {_HINT}")
+        said = "; ".join(text.splitlines()[-5:]) if text else f"no answer in {timeout:.0f} s"
+        raise SandboxError(f"cannot set up the RUN step's network: {HELPER} failed ({said}); {_HINT}")
     err.close()
     return stack
