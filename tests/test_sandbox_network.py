@@ -212,3 +212,12 @@ def test_run_without_slirp4netns_fails_naming_the_package_unless_relaxed(pybuild
     out = run_step(pybuild, workdir, base_layout, who, 'echo "LINKS=$(ls /sys/class/net | tr \'\\n\' ,)"\n',
                    env=env, build_flags=("--sandbox-relax", "network"))
     assert "tap0" not in out["LINKS"] and out["LINKS"] != "lo,", out     # the host's namespace, waived
+
+
+def test_run_default_network_resolves_names_and_fetches_from_the_debian_mirror(pybuild, workdir, base_layout, who):
+    # what apt-get needs in a RUN: DNS through the stack (10.0.2.3) and HTTP to the mirror
+    # (the mirror .ci/run installs from; the debootstrap apt-get install test is the issue's own)
+    out = run_step(pybuild, workdir, base_layout, who, """
+echo "ORIGIN=$(timeout 60 wget -q -O- http://deb.debian.org/debian/dists/bookworm/Release | sed -n 's/^Origin: //p')"
+""")
+    assert out["ORIGIN"] == "Debian", out
