@@ -12,7 +12,9 @@ default RUN capabilities (bounding, permitted, effective; inheritable and ambien
 with no_new_privs and under a seccomp filter refusing what Docker's default profile refuses
 (`builder.sandbox.linux.SeccompFilter`).
 
-Process layout: this process unshares pid/mount/ipc/uts (and net for network=none) and forks;
+Process layout: this process unshares pid/mount/ipc/uts (and net for network "none" and
+"private": for "private" the worker then starts slirp4netns on this process's netns, and pid 1
+waits for tap0's default route before the exec) and forks;
 the child is pid 1 of the step: it mounts the rootfs, /proc, /dev, /etc/hosts, resolv.conf and
 the step's mounts, reports the mount-point stubs it had to create (`StepReport` on the status
 fd), pivots into the rootfs and becomes the command (setgroups/setresgid/setresuid/chdir/execve),
