@@ -16,7 +16,8 @@ from builder.sandbox.commit import finish_layer, relink_copied_up, remove_stubs
 from builder.sandbox.context import StepContext
 from builder.sandbox.initpool import kill_step
 from builder.sandbox.mounts import MountEnv, exec_mounts
-from builder.sandbox.netns import NetStack, find_helper, resolv_conf, start_stack, wait_own_netns
+from builder.sandbox.netns import (NetStack, find_helper, resolv_conf, stack_problem, start_stack,
+                                   wait_own_netns)
 from builder.sandbox.protocol import Chunk, RunExec
 from builder.sandbox.spec import RootFs, SetupFailure, SpecError, StepReport, StepSpec, parse_status_line
 from builder.sandbox.userns import unmapped_reason
@@ -85,13 +86,14 @@ def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -
 
 def _network(ctx: StepContext, asked: str) -> Network:
     """The step's network: "default" becomes an own namespace behind the user-mode stack
-    ("private"); without the stack that is an error unless the user waived `network`."""
+    ("private"); without the stack that is an error unless the user waived `network` (then, when
+    `stack_problem()` sees that it cannot start, the worker's namespace as before)."""
     if asked != "default":
         return "none" if asked == "none" else "host"
+    if "network" in ctx.cfg.relaxed and stack_problem() is not None:
+        return "default"       # waived: the stack could not start here (package, /dev/net/tun)
     if find_helper() is not None:
         return "private"
-    if "network" in ctx.cfg.relaxed:
-        return "default"
     raise SandboxError("cannot set up the RUN step's network: slirp4netns is not installed (Debian "
                        "package slirp4netns; see `pybuild doctor`, or waive it with "
                        "`--sandbox-relax network` to share the host's network namespace)")
