@@ -34,7 +34,7 @@ def sandbox_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="... and how many times its compressed size (both must be passed to refuse)"),
         click.option("--sandbox-relax", "relaxed", multiple=True,
                      help="go on without this step protection where the kernel refuses it: capabilities, "
-                          "masked-paths, no-new-privs or seccomp (repeatable)"),
+                          "masked-paths, network, no-new-privs or seccomp (repeatable)"),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -129,6 +129,15 @@ def check_seccomp_library(m: Machine) -> list[Check]:
     return [Check(name="libseccomp", status="ok", detail="libseccomp found")]
 
 
+def check_network_helper() -> list[Check]:
+    """RUN steps reach the network through slirp4netns and /dev/net/tun."""
+    from builder.sandbox.netns import stack_problem
+    why = stack_problem()
+    if why is None:
+        return [Check(name="step network", status="ok", detail="slirp4netns and /dev/net/tun usable")]
+    return [Check(name="step network", status="fail", detail="RUN steps cannot get their own network", fix=why)]
+
+
 def check_worker() -> list[Check]:
     """Start the real sandbox worker in a temporary root: user namespace, id maps, snapshotter."""
     from builder.sandbox.client import SandboxOptions, Worker
@@ -161,7 +170,7 @@ def run_checks(m: Machine | None = None, *, start_worker: bool = True) -> list[C
     m = m or Machine()
     checks = [*check_userns(m), *check_subids(m), *check_cgroups(m), *check_seccomp_library(m)]
     if real:
-        checks += check_step_limits()
+        checks += check_step_limits() + check_network_helper()
     if start_worker:
         checks += check_worker()
     return checks

@@ -204,7 +204,7 @@ def test_protection_refused_by_the_environment_fails_the_step_naming_it():
                                             "relaxed": ("seccomp",)}).to_json())
     assert waived.relaxed == ("seccomp",)
     assert nsinit._protect("seccomp", waived, refused) is None
-    assert set(PROTECTIONS) == {"capabilities", "masked-paths", "no-new-privs", "seccomp"}
+    assert set(PROTECTIONS) == {"capabilities", "masked-paths", "network", "no-new-privs", "seccomp"}
     bad = json.loads(spec.to_json())
     bad["relaxed"] = ["apparmor"]
     with pytest.raises(SpecError, match="unknown protection"):

@@ -16,11 +16,17 @@ from builder.sandbox.commit import finish_layer, relink_copied_up, remove_stubs
 from builder.sandbox.context import StepContext
 from builder.sandbox.initpool import kill_step
 from builder.sandbox.mounts import MountEnv, exec_mounts
+from builder.sandbox.netns import (NetStack, find_helper, resolv_conf, stack_problem, start_stack,
+                                   wait_own_netns)
 from builder.sandbox.protocol import Chunk, RunExec
 from builder.sandbox.spec import RootFs, SetupFailure, SpecError, StepReport, StepSpec, parse_status_line
 from builder.sandbox.userns import unmapped_reason
 from builder.sandbox.views import step_dir
 from builder.store.snapshot import Active
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from builder.sandbox.spec import Network
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_LINES = 20
@@ -45,7 +51,8 @@ def run_exec(ctx: StepContext, req: RunExec) -> LayerRef | None:
             sd = step_dir(ctx, stack)
             spec = _step_spec(ctx, req, active, MountEnv(ctx=ctx, sources=req.mount_sources,
                                                           secrets=req.secrets, sd=sd, stack=stack))
-            report = _check(ctx, req, _spawn(ctx, req.id, spec, stream=req.stream))
+            helper = find_helper() if spec.network == "private" else None
+            report = _check(ctx, req, _spawn(ctx, req.id, spec, stream=req.stream, helper=helper))
         remove_stubs(active, report, overlay=overlay)
         if overlay:
             relink_copied_up(active)
@@ -63,14 +70,33 @@ def _step_spec(ctx: StepContext, req: RunExec, active: Active, menv: MountEnv) -
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
     rf = active.rootfs
+    network = _network(ctx, op.network)
+    resolv = _own_copy(ctx.tmp / "resolv.conf", menv.sd)
+    if network == "private":
+        Path(resolv).write_bytes(resolv_conf(Path(resolv).read_bytes()))
     return StepSpec(mountpoint=str(menv.sd / "r"),
                     rootfs=RootFs(type=rf.type, lower=tuple(rf.lower), upper=rf.upper, work=rf.work, path=rf.path),
                     args=tuple(op.args), env=tuple(env + env_extra), cwd=op.cwd or "/", user=op.user,
-                    network=op.network, mounts=tuple(mounts), hostname="buildkitsandbox",
+                    network=network, mounts=tuple(mounts), hostname="buildkitsandbox",
                     etc_hosts=_own_copy(ctx.tmp / "hosts", menv.sd),
-                    etc_resolv_conf=_own_copy(ctx.tmp / "resolv.conf", menv.sd),
+                    etc_resolv_conf=resolv,
                     idmap_size=ctx.cfg.idmap_size, setgroups=ctx.cfg.setgroups, status_fd=-1,
                     relaxed=ctx.cfg.relaxed)
+
+
+def _network(ctx: StepContext, asked: str) -> Network:
+    """The step's network: "default" becomes an own namespace behind the user-mode stack
+    ("private"); without the stack that is an error unless the user waived `network` (then, when
+    `stack_problem()` sees that it cannot start, the worker's namespace as before)."""
+    if asked != "default":
+        return "none" if asked == "none" else "host"
+    if "network" in ctx.cfg.relaxed and stack_problem() is not None:
+        return "default"       # waived: the stack could not start here (package, /dev/net/tun)
+    if find_helper() is not None:
+        return "private"
+    raise SandboxError("cannot set up the RUN step's network: slirp4netns is not installed (Debian "
+                       "package slirp4netns; see `pybuild doctor`, or waive it with "
+                       "`--sandbox-relax network` to share the host's network namespace)")
 
 
 def _own_copy(src: Path, sd: Path) -> str:
@@ -81,16 +107,20 @@ def _own_copy(src: Path, sd: Path) -> str:
     return str(dst)
 
 
-def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outcome:
-    """Run one step's init with `spec`; stream its output as Chunks of request `rid`."""
+def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool, helper: str | None) -> _Outcome:
+    """Run one step's init with `spec`; stream its output as Chunks of request `rid`. With a
+    `helper` (slirp4netns), start it for the init's own network namespace once it is made."""
     init = ctx.start_init()
     p, r_out, r_st = init.proc, init.out_r, init.status_r
+    net: NetStack | None = None
     ctx.track(rid, p)
     try:
         ctx.confine(rid, p.pid)
         assert p.stdin is not None
         p.stdin.write(replace(spec, status_fd=init.child_status_fd).to_json().encode())
         p.stdin.close()
+        if helper is not None and wait_own_netns(p.pid):
+            net = start_stack(p.pid, helper)
         tail = _pump(ctx, rid, r_out, stream)
         code = p.wait()
         with os.fdopen(r_st, "rb") as f:
@@ -105,6 +135,8 @@ def _spawn(ctx: StepContext, rid: int, spec: StepSpec, *, stream: bool) -> _Outc
         if p.poll() is None:
             kill_step(p.pid)
             p.wait()
+        if net is not None:
+            net.close()
         ctx.release(rid)
     return _Outcome(code=code, tail=tail, lines=lines, oom=oom)
 

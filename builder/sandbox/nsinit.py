@@ -12,7 +12,9 @@ default RUN capabilities (bounding, permitted, effective; inheritable and ambien
 with no_new_privs and under a seccomp filter refusing what Docker's default profile refuses
 (`builder.sandbox.linux.SeccompFilter`).
 
-Process layout: this process unshares pid/mount/ipc/uts (and net for network=none) and forks;
+Process layout: this process unshares pid/mount/ipc/uts (and net for network "none" and
+"private": for "private" the worker then starts slirp4netns on this process's netns, and pid 1
+waits for tap0's default route before the exec) and forks;
 the child is pid 1 of the step: it mounts the rootfs, /proc, /dev, /etc/hosts, resolv.conf and
 the step's mounts, reports the mount-point stubs it had to create (`StepReport` on the status
 fd), pivots into the rootfs and becomes the command (setgroups/setresgid/setresuid/chdir/execve),
@@ -29,6 +31,7 @@ import signal
 import stat
 import struct
 import sys
+import time
 
 from builder.layer import inroot
 from builder.sandbox.linux import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS,
@@ -188,6 +191,19 @@ def _lo_up() -> None:
         s.close()
 
 
+def _wait_tap(timeout: float = 10.0) -> None:
+    """Wait until the worker's user-mode stack configured tap0 (its default route is there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/route", "rb") as f:
+            if any(ln.split()[:2] == [b"tap0", b"00000000"] for ln in f.read().splitlines()):
+                return
+        if time.monotonic() > deadline:
+            raise SetupError("setup", "network: the user-mode network stack (slirp4netns) did not "
+                             "configure tap0; see `pybuild doctor`")
+        time.sleep(0.001)
+
+
 def _user_mount(m: StepMount, stubs: Stubs) -> None:
     target = stubs.target(m.target, file=m.file)
     if m.kind == "bind":
@@ -215,7 +231,7 @@ def setup_root(spec: StepSpec) -> Stubs:
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount_dev(stubs.target("/dev", file=False))
     sys_dir = stubs.target("/sys", file=False)
-    _mount_sys(sys_dir, spec.network == "none")
+    _mount_sys(sys_dir, spec.network in ("none", "private"))
     _protect("masked-paths", spec, lambda: _mask_proc_sys(proc, sys_dir))
     for name, src in (("hosts", spec.etc_hosts), ("resolv.conf", spec.etc_resolv_conf)):
         if src:
@@ -289,6 +305,8 @@ def pid1(spec: StepSpec) -> int:
             _lo_up()
         sethostname(spec.hostname)
         enter_root(spec.mountpoint)
+        if spec.network == "private":
+            _wait_tap()
         exec_command(spec, seccomp)
     except SetupError as e:
         os.write(status_fd, SetupFailure(kind=e.kind, message=str(e)).to_line())
@@ -305,7 +323,7 @@ def main() -> None:
         sys.stderr.write(f"pybuild init: {e}\n")
         os._exit(SETUP_FAILED)
     flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-    if spec.network == "none":
+    if spec.network in ("none", "private"):
         flags |= CLONE_NEWNET
     set_pdeathsig()
     try:

@@ -16,18 +16,18 @@ if TYPE_CHECKING:
     from typing import Literal, TypeVar, Union
     T = TypeVar("T", bound=str)
     MountKind = Literal["bind", "overlay", "tmpfs"]
-    Network = Literal["default", "none", "host"]
+    Network = Literal["default", "none", "host", "private"]
     FailureKind = Literal["idmap", "user", "setup"]
     StatusLine = Union["StepReport", "SetupFailure"]
 
 SPEC_VERSION = 1
 _ROOT_TYPES: dict[str, Literal["overlay", "bind"]] = {"overlay": "overlay", "bind": "bind"}
 _MOUNT_KINDS: dict[str, MountKind] = {"bind": "bind", "overlay": "overlay", "tmpfs": "tmpfs"}
-_NETWORKS: dict[str, Network] = {"default": "default", "none": "none", "host": "host"}
+_NETWORKS: dict[str, Network] = {"default": "default", "none": "none", "host": "host", "private": "private"}
 _FAILURE_KINDS: dict[str, FailureKind] = {"idmap": "idmap", "user": "user", "setup": "setup"}
 # The protections a step's init applies (see builder.sandbox.nsinit); each one the kernel or the
 # environment refuses fails the step, unless the user waived it (`StepSpec.relaxed`).
-PROTECTIONS = ("capabilities", "masked-paths", "no-new-privs", "seccomp")
+PROTECTIONS = ("capabilities", "masked-paths", "network", "no-new-privs", "seccomp")
 
 
 class SpecError(ValueError):
@@ -133,7 +133,8 @@ class StepMount:
 class StepSpec:
     """One RUN step: the process (`args`, `env` as KEY=VALUE, `cwd`, `user` as in USER), its
     root (`rootfs` mounted at `mountpoint`), its `mounts`, `network` ("none": an own network
-    namespace with lo only), `hostname`, the worker's /etc/hosts and resolv.conf to bind, the id
+    namespace with lo only; "private": an own one whose tap0 the worker's user-mode stack
+    configures, the init waits for it; "default"/"host": the worker's), `hostname`, the worker's /etc/hosts and resolv.conf to bind, the id
     map it runs under (`idmap_size` ids, `setgroups` allowed or not), the fd of the status pipe, and
     the `PROTECTIONS` the user waived (`relaxed`: the step goes on without those the environment
     refuses, instead of failing)."""
