@@ -186,7 +186,7 @@ def _cache_mount(env: MountEnv, m: ops.Mount, n: int) -> StepMount:
                 d = env.sd / f"p{n}"            # busy: a private, throw-away instance
                 d.mkdir(mode=0o755)
                 os.chown(d, uid, gid)
-    return StepMount(kind="bind", src=str(d), target=m.target, readonly=False)
+    return StepMount(kind="bind", src=str(d), target=m.target, readonly=m.readonly)
 
 
 def _secret_mount(env: MountEnv, m: ops.Mount, extra_env: list[str]) -> list[StepMount]:
