@@ -190,11 +190,11 @@ def test_secret_dir_existing_before_is_kept(worker, env):
 @ROOT_ONLY
 def test_cache_mount_persists_and_tmpfs(worker, env):
     _, store, base = env
-    cache = Mount(type="cache", target="/var/cache/x", cache_id="c1", sharing="locked")
+    cache = Mount(type="cache", target="/var/cache/x", cache_id="c1", sharing="locked", readonly=False)
     ref, _ = run(worker, base, sh("echo 1 >> /var/cache/x/n; echo y > /y", mounts=(cache,)))
     ref2, out = run(worker, base, sh("echo 2 >> /var/cache/x/n; cat /var/cache/x/n; stat -c %u /var/cache/x", mounts=(cache,)))
     assert out == "1\n2\n0\n" and ref2 is None and set(entries(store, ref)) == {"y"}
-    owned = Mount(type="cache", target="/c", cache_id="c2", uid=1000, gid=1000)
+    owned = Mount(type="cache", target="/c", cache_id="c2", uid=1000, gid=1000, readonly=False)
     assert run(worker, base, sh("touch /c/f && stat -c %u /c", user="app", mounts=(owned,)))[1] == "1000\n"
     tmpfs = Mount(type="tmpfs", target="/tmp/t")
     assert run(worker, base, sh("echo z > /tmp/t/z; cat /tmp/t/z", mounts=(tmpfs,)))[0] is None
