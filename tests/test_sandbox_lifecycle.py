@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+from builder.sandbox.initpool import children
 import pytest
 
 from conftest import make_context, pybuild_cmd
@@ -31,30 +32,16 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            out += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
 def _descendants(pid: int) -> dict[int, int]:
     """Every process below `pid`: pid → start time (to tell a reused pid apart)."""
     out: dict[int, int] = {}
-    todo = _children(pid)
+    todo = children(pid)
     while todo:
         p = todo.pop()
         st = _stat(p)
         if st is not None and p not in out:
             out[p] = st[1]
-            todo += _children(p)
+            todo += children(p)
     return out
 
 
@@ -107,7 +94,7 @@ def _start(user: str, unpriv_user: str, ctx: Path, root: Path, snapshotter: str)
         return p, p.pid
     p = subprocess.Popen(["runuser", "-u", unpriv_user, "--", "env", *(f"{k}={v}" for k, v in env.items()), *cmd],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
-    kids = _wait(lambda: _children(p.pid), 30, "runuser to start pybuild")
+    kids = _wait(lambda: children(p.pid), 30, "runuser to start pybuild")
     return p, kids[0]
 
 
