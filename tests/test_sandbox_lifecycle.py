@@ -11,8 +11,9 @@ import time
 import uuid
 from pathlib import Path
 
-from builder.sandbox.initpool import children
 import pytest
+
+from builder.sandbox.initpool import children
 
 from conftest import make_context, pybuild_cmd
 
