@@ -27,7 +27,7 @@ from builder.errors import LayerError
 from builder.layer.inroot import MAX_SYMLINKS, split_components
 from builder.layer.rmtree import remove_tree
 
-__all__ = ["MergedView", "Node", "is_whiteout", "is_opaque", "OPAQUE_XATTRS", "SKIP_XATTR_PREFIXES"]
+__all__ = ["MergedView", "Node", "is_whiteout", "is_opaque", "copy_xattrs", "OPAQUE_XATTRS", "SKIP_XATTR_PREFIXES"]
 
 SKIP_XATTR_PREFIXES = ("user.overlay.", "trusted.overlay.", "security.selinux")
 OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
@@ -214,17 +214,7 @@ class MergedView:
 def copy_meta(src: bytes, dst: bytes, st: os.stat_result) -> None:
     """Owner, permission bits and xattrs (never overlay's own) of `src` onto `dst`."""
     os.lchown(dst, st.st_uid, st.st_gid)
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        names = []
-    for n in names:
-        if n.startswith(SKIP_XATTR_PREFIXES):
-            continue
-        try:
-            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
-        except OSError:
-            pass
+    copy_xattrs(src, dst)
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(dst, stat.S_IMODE(st.st_mode))
 
@@ -232,3 +222,21 @@ def copy_meta(src: bytes, dst: bytes, st: os.stat_result) -> None:
 def remove_entry(p: bytes) -> None:
     """Remove the entry at `p` (a directory with everything in it; never following a link)."""
     remove_tree(Path(os.fsdecode(p)))
+
+
+def copy_xattrs(src: str | bytes | os.PathLike[str], dst: str | bytes | os.PathLike[str],
+                skip: tuple[str, ...] = SKIP_XATTR_PREFIXES) -> None:
+    """Copy the extended attributes of `src` onto `dst` (neither followed if a symlink), except
+    names starting with `skip` (by default overlay's own and SELinux labels); one that cannot be
+    set is left out."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(skip):
+            continue
+        try:
+            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
+        except OSError:
+            pass

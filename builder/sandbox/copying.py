@@ -17,8 +17,9 @@ from builder.errors import SourceError
 from builder.layer.apply import apply_layer
 from builder.layer.compression import detect_compression, open_uncompressed
 from builder.layer.limits import ExpandLimit
+from builder.layer.merged import copy_xattrs
 from builder.layer.pathmatch import PathMatcher
-from builder.layer.tar import _SKIP_XATTR_PREFIXES, CHUNK, remove_path, resolve_in_root
+from builder.layer.tar import CHUNK, remove_path, resolve_in_root
 from builder.sandbox import symbolic
 from builder.sandbox.dest import lchown, mkdir_all, resolve_chown
 from builder.layer.sources import SourceDir, SourceMatch, has_wildcards, join, relto, resolve_sources
@@ -43,7 +44,7 @@ class _Copier:
 
     def meta(self, dst: Path, st: os.stat_result, src: Path) -> None:
         lchown(dst, *self.ids(st))
-        _copy_xattrs(src, dst)
+        copy_xattrs(src, dst)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(dst, self.mode_of(st))
         os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
@@ -130,20 +131,6 @@ class _Copier:
         self.copy_tree(src, dst, rel_copy, rel_root, ensure)
         if state["done"] and (state["created"] or not top):
             self.meta(dst, st, src)
-
-
-def _copy_xattrs(src: Path, dst: Path) -> None:
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        return
-    for x in names:
-        if x.startswith(_SKIP_XATTR_PREFIXES):
-            continue
-        try:
-            os.setxattr(dst, x, os.getxattr(src, x, follow_symlinks=False), follow_symlinks=False)
-        except OSError:
-            pass
 
 
 def _copy_file(src: Path, dst: Path) -> None:

@@ -39,6 +39,7 @@ from typing import Callable, Iterator, Literal, Sequence
 from builder.errors import SandboxError
 from builder.image.view import Chain, chain_id
 from builder.layer.compression import CHUNK, open_uncompressed
+from builder.layer.merged import copy_xattrs
 from builder.layer.limits import CappedReader, ExpandLimit
 from builder.layer.apply import apply_layer
 from builder.layer.diff import overlay_changes, tree_changes
@@ -172,15 +173,7 @@ def _copy_file(sp: bytes, dp: bytes) -> None:
 def _copy_meta(sp: bytes, dp: bytes, st: os.stat_result, owners: bool) -> None:
     if owners:
         os.lchown(dp, st.st_uid, st.st_gid)
-    try:
-        names = os.listxattr(sp, follow_symlinks=False)
-    except OSError:
-        names = []
-    for n in names:
-        try:
-            os.setxattr(dp, n, os.getxattr(sp, n, follow_symlinks=False), follow_symlinks=False)
-        except OSError:
-            pass
+    copy_xattrs(sp, dp, skip=())          # every xattr: a snapshot copy is exact
 
 
 # ------------------------------------------------------------------ snapshotters
