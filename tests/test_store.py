@@ -119,7 +119,7 @@ def _deep_chain(top, depth, name="d" * 40):
 
 def test_remove_tree_of_any_depth_without_recursion(tmp_path):
     """A RUN can leave a 1,100-deep tree: removal must neither recurse per level nor pass PATH_MAX."""
-    from builder.store.tree import remove_tree
+    from builder.layer.rmtree import remove_tree
     t = tmp_path / "deep"
     t.mkdir()
     _deep_chain(t, 3000)
@@ -129,7 +129,7 @@ def test_remove_tree_of_any_depth_without_recursion(tmp_path):
 
 def test_remove_tree_does_not_follow_symlinks_and_opens_locked_dirs(tmp_path):
     import os
-    from builder.store.tree import remove_tree
+    from builder.layer.rmtree import remove_tree
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep").write_text("k")

@@ -185,7 +185,7 @@ def pid_alive(pid: int) -> bool:
 def remove_stale(directory: Path, prefix: str) -> int:
     """Remove entries `<prefix><pid>-*` of `directory` whose process is gone (a killed build's
     ingest files and temp dirs); returns how many. Live builds' entries are never touched."""
-    from builder.store.tree import remove_tree
+    from builder.layer.rmtree import remove_tree
     removed = 0
     if not directory.is_dir():
         return 0

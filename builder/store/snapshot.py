@@ -44,7 +44,7 @@ from builder.layer.limits import CappedReader, ExpandLimit
 from builder.layer.apply import apply_layer
 from builder.layer.diff import overlay_changes, tree_changes
 from builder.layer.tar import Change, remove_path
-from builder.store.tree import remove_tree
+from builder.layer.rmtree import remove_tree
 from builder.store.content import ContentStore, VerifyingReader, file_lock, pid_alive
 
 MAX_LOWERS = 35
